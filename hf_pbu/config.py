@@ -1,0 +1,96 @@
+"""`PBUConfig`: the `TrainingArguments` of a Partially Blinded Unlearning run."""
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from transformers import TrainingArguments
+
+FisherEstimator = Literal["exact", "mc", "empirical"]
+
+
+@dataclass
+class PBUConfig(TrainingArguments):
+    """Arguments of `PBUTrainer`, on top of `transformers.TrainingArguments`.
+
+    The objective minimised on the forget data S_n only is
+
+        alpha * (-CE(f_theta(x), y)) + sum_i (beta * F_i + gamma) * (theta_i - theta*_i)^2
+
+    Defaults follow the reference code (Adam, lr 1e-4, batch 64, alpha 721, beta 100, gamma 4001). The number of
+    epochs is an upper bound: the run stops as soon as the forget accuracy drops to `stop_forget_accuracy`.
+    """
+
+    alpha: float = field(default=721.0, metadata={"help": "Weight of the negative cross-entropy on the forget data."})
+    beta: float = field(
+        default=100.0, metadata={"help": "Weight of the Fisher-weighted distance to the original parameters."}
+    )
+    gamma: float = field(default=4001.0, metadata={"help": "Weight of the plain L2 distance to the original parameters."})
+    fisher_estimator: FisherEstimator = field(
+        default="exact",
+        metadata={
+            "help": "Diagonal Fisher estimator: 'exact' (expectation over the model's own softmax, as the reference "
+            "code's classif_logits), 'mc' (labels sampled from the softmax, `fisher_mc_samples` draws per image) or "
+            "'empirical' (the true labels).",
+            "choices": ["exact", "mc", "empirical"],
+        },
+    )
+    fisher_mc_samples: int = field(
+        default=1, metadata={"help": "Labels drawn per image when `fisher_estimator='mc'`."}
+    )
+    fisher_batch_size: int = field(default=16, metadata={"help": "Images per batch while computing the Fisher."})
+    fisher_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder caching Fisher diagonals as safetensors, keyed by a hash of the weights and the forget "
+            "data. Defaults to `$HF_HOME/hf_pbu/fisher`; pass 'none' to disable the cache."
+        },
+    )
+    stop_forget_accuracy: float = field(
+        default=1.0,
+        metadata={"help": "Stop once the accuracy (percent) on the forget training data is at or below this value."},
+    )
+    stop_check_steps: int = field(
+        default=1, metadata={"help": "Check the stop criterion every this many optimizer steps."}
+    )
+    stop_check_max_samples: int = field(
+        default=512,
+        metadata={"help": "At most this many forget images (a fixed subset) are used for each stop check."},
+    )
+    freeze_batchnorm: bool = field(
+        default=True,
+        metadata={
+            "help": "Keep normalisation layers in eval mode while unlearning: batches of the forget class alone "
+            "would otherwise overwrite the running statistics that the retained classes rely on."
+        },
+    )
+
+    # Defaults that differ from `TrainingArguments` (the reference recipe, and image batches for any model).
+    learning_rate: float = field(default=1e-4, metadata={"help": "Adam learning rate (reference: 1e-4)."})
+    per_device_train_batch_size: int = field(default=64, metadata={"help": "Forget images per batch and device."})
+    num_train_epochs: float = field(
+        default=20.0,
+        metadata={"help": "Upper bound on epochs over the forget data; the stop criterion usually ends the run first."},
+    )
+    lr_scheduler_type: str = field(
+        default="constant", metadata={"help": "Learning-rate schedule (reference: constant)."}
+    )
+    logging_steps: float = field(default=1, metadata={"help": "Log every X optimizer steps."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Keep `pixel_values`/`labels`: timm models take a positional tensor."}
+    )
+    label_names: list[str] | None = field(
+        default_factory=lambda: ["labels"], metadata={"help": "Keys of the inputs that hold the labels."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.fisher_estimator not in ("exact", "mc", "empirical"):
+            raise ValueError(
+                f"fisher_estimator={self.fisher_estimator!r} is not one of 'exact', 'mc', 'empirical'."
+            )
+        if self.fisher_mc_samples < 1:
+            raise ValueError("fisher_mc_samples must be at least 1.")
+        if self.stop_check_steps < 1:
+            raise ValueError("stop_check_steps must be at least 1.")
+        if min(self.alpha, self.beta, self.gamma) < 0:
+            raise ValueError("alpha, beta and gamma must be non-negative.")

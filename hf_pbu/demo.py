@@ -1,0 +1,63 @@
+"""The offline digits demo: a timm ResNet-18 trained on scikit-learn's real handwritten digits, then PBU."""
+
+import os
+
+import timm
+import torch
+from timm.models import save_for_hf
+from transformers import TrainingArguments
+from transformers.utils import logging
+
+from .classifier_training import ClassifierTrainer
+from .data import class_names, digits_dataset, with_image_transform
+
+logger = logging.get_logger(__name__)
+
+DIGITS_ARCH = "resnet18"
+# 8x8 digits upsampled to 32x32: the stem's stride-4 downsampling leaves an 8x8 feature map.
+DIGITS_PRETRAINED_CFG = {
+    "input_size": (3, 32, 32),
+    "crop_pct": 1.0,
+    "interpolation": "bilinear",
+    "mean": (0.5, 0.5, 0.5),
+    "std": (0.5, 0.5, 0.5),
+}
+
+
+def eval_transform(model: torch.nn.Module):
+    """The eval-time transform that the timm model's own pretrained config describes."""
+    return timm.data.create_transform(**timm.data.resolve_model_data_config(model), is_training=False)
+
+
+def train_digits_model(save_directory: str, epochs: float = 12, seed: int = 0) -> str:
+    """Train the demo classifier once and save it in timm's Hub layout; reuse it if it is already there."""
+    if os.path.exists(os.path.join(save_directory, "config.json")):
+        return save_directory
+    torch.manual_seed(seed)
+    data = digits_dataset()
+    names = class_names(data["train"])
+    model = timm.create_model(
+        DIGITS_ARCH,
+        pretrained=False,
+        num_classes=len(names),
+        pretrained_cfg_overlay={**DIGITS_PRETRAINED_CFG, "label_names": tuple(names)},
+    )
+    args = TrainingArguments(
+        output_dir=os.path.join(save_directory, "checkpoints"),
+        num_train_epochs=epochs,
+        learning_rate=2e-3,
+        per_device_train_batch_size=64,
+        lr_scheduler_type="cosine",
+        warmup_steps=20,
+        weight_decay=1e-4,
+        save_strategy="no",
+        logging_steps=20,
+        remove_unused_columns=False,
+        report_to="none",
+        seed=seed,
+    )
+    train = with_image_transform(data["train"], eval_transform(model))
+    ClassifierTrainer(model=model, args=args, train_dataset=train).train()
+    save_for_hf(model.cpu(), save_directory, safe_serialization=True)
+    logger.info(f"Saved the digits classifier to {save_directory}")
+    return save_directory
