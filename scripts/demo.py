@@ -33,12 +33,16 @@ def main() -> None:
         sys.argv += ["--output_dir", "outputs/digits-unlearned"]
     demo_args, config = parser.parse_args_into_dataclasses()
 
-    model = timm.create_model(f"local-dir:{train_digits_model(demo_args.base_model_dir)}", pretrained=True)
     data = digits_dataset()
     names = class_names(data["train"])
-    forget = resolve_forget_classes(demo_args.forget_class, names)
+    try:
+        forget = resolve_forget_classes(demo_args.forget_class, names)
+        raw_splits = unlearning_splits(data, forget)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    model = timm.create_model(f"local-dir:{train_digits_model(demo_args.base_model_dir)}", pretrained=True)
     transform = eval_transform(model)
-    splits = {k: with_image_transform(v, transform) for k, v in unlearning_splits(data, forget).items()}
+    splits = {k: with_image_transform(v, transform) for k, v in raw_splits.items()}
 
     trainer, results = unlearn(model, config, splits, forget)
     if trainer.is_world_process_zero():

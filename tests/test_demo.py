@@ -1,0 +1,64 @@
+"""The offline digits demo (`make demo`) and its input checks."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hf_pbu.data import digits_dataset, resolve_forget_classes, unlearning_splits
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_demo(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "demo.py"), *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=1800)
+
+
+def test_digits_dataset_is_real_and_stratified():
+    data = digits_dataset()
+    assert len(data["train"]) + len(data["test"]) == 1797
+    assert data["train"].features["label"].names[3] == "digit_3"
+    counts = np.bincount(data["test"]["label"], minlength=10)
+    assert counts.min() >= 30  # every class in the test split
+    assert data["train"][0]["image"].size == (8, 8)
+
+
+def test_forget_class_out_of_range_is_one_clear_error(tmp_path):
+    run = run_demo("--forget_class", "12", "--output_dir", str(tmp_path))
+    assert run.returncode != 0
+    assert "out of range" in run.stderr and "0..9" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_forget_class_names_and_ids_resolve():
+    names = [f"digit_{d}" for d in range(10)]
+    assert resolve_forget_classes(["digit_3", "7", "3"], names) == [3, 7]
+    with pytest.raises(ValueError, match="Unknown class name 'cat'"):
+        resolve_forget_classes(["cat"], names)
+
+
+def test_forget_class_without_training_samples_is_refused():
+    data = digits_dataset()
+    data["train"] = data["train"].filter(lambda row: row["label"] != 5)
+    with pytest.raises(ValueError, match="no samples of the forget class"):
+        unlearning_splits(data, [5])
+
+
+@pytest.mark.slow
+def test_demo_forgets_digit_3_and_keeps_the_rest(tmp_path):
+    run = run_demo("--output_dir", str(tmp_path / "unlearned"), "--base_model_dir", str(tmp_path / "base"),
+                   "--disable_tqdm", "true")
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads((tmp_path / "unlearned" / "unlearning_results.json").read_text())
+    assert results["forget_classes"] == [3]
+    assert results["after"]["forget_accuracy"] <= 2.0
+    assert results["after"]["retain_accuracy"] >= results["before"]["retain_accuracy"] - 2.0
+    assert (tmp_path / "unlearned" / "model.safetensors").exists()
+    import timm
+
+    reloaded = timm.create_model(f"local-dir:{tmp_path / 'unlearned'}", pretrained=True)
+    assert reloaded.num_classes == 10
