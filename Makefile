@@ -12,9 +12,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-# Offline demo: train a ResNet-18 on scikit-learn's real digits (once), forget digit 3 with PBU.
+# Offline demo: train a ResNet-18 on scikit-learn's real digits (once), then the main job forgets digit 3.
 demo: $(VENV)/.installed
-	$(PY) scripts/demo.py --disable_tqdm true
+	$(PY) scripts/prepare_demo.py
+	$(PY) scripts/unlearn.py --model_id outputs/digits-resnet18 --dataset_name outputs/digits \
+		--forget_class digit_3 --output_dir outputs/digits-unlearned --disable_tqdm true
 
 # The default suite (slow checks are marked and skipped; `make test-all` runs them too).
 test: $(VENV)/.installed

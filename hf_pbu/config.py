@@ -37,6 +37,13 @@ class PBUConfig(TrainingArguments):
     fisher_mc_samples: int = field(
         default=1, metadata={"help": "Labels drawn per image when `fisher_estimator='mc'`."}
     )
+    fisher_top_mass: float | None = field(
+        default=None,
+        metadata={
+            "help": "For many classes: with the 'exact' estimator, only each image's most likely classes covering "
+            "this probability mass enter the Fisher (the uncovered mass is logged). None: every class."
+        },
+    )
     fisher_batch_size: int = field(default=16, metadata={"help": "Images per batch while computing the Fisher."})
     fisher_cache_dir: str | None = field(
         default=None,
@@ -75,6 +82,10 @@ class PBUConfig(TrainingArguments):
         default="constant", metadata={"help": "Learning-rate schedule (reference: constant)."}
     )
     logging_steps: float = field(default=1, metadata={"help": "Log every X optimizer steps."})
+    save_steps: float = field(
+        default=50, metadata={"help": "Checkpoint every X steps, so that an interrupted run resumes from there."}
+    )
+    save_total_limit: int | None = field(default=1, metadata={"help": "Keep only the last checkpoint."})
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Keep `pixel_values`/`labels`: timm models take a positional tensor."}
     )

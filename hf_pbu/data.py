@@ -1,10 +1,20 @@
 """Image-classification data as `datasets` objects, and the splits that unlearning needs."""
 
+import io
+import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value, load_dataset, load_from_disk
 from PIL import Image as PILImage
+from transformers.utils import logging
+
+from .models import LoadedClassifier, num_classes
+
+logger = logging.get_logger(__name__)
+
+LABEL_COLUMN_GUESSES = ("label", "labels", "fine_label", "class", "target")
 
 
 def digits_dataset(test_size: float = 0.2, seed: int = 0) -> DatasetDict:
@@ -39,7 +49,7 @@ def with_image_transform(
 
     def apply(batch: dict) -> dict:
         return {
-            "pixel_values": [transform(image.convert(mode)) for image in batch[image_column]],
+            "pixel_values": [transform(open_image(image).convert(mode)) for image in batch[image_column]],
             "labels": batch[label_column],
         }
 
@@ -89,13 +99,258 @@ def unlearning_splits(
     train_split: str = "train",
     test_split: str = "test",
     label_column: str = "label",
+    retain_train_samples: int = 0,
+    seed: int = 0,
 ) -> dict[str, Dataset]:
-    """forget_train (S_n: the only data PBU trains on), forget_test and retain_test."""
-    forget_train, _ = split_by_classes(data[train_split], forget_classes, label_column)
+    """forget_train (S_n: the only data PBU trains on), forget_test and retain_test; with `retain_train_samples`,
+    also retain_train, a fixed random sample of the retained training data: the members of the MIA (PBU never
+    trains on them)."""
+    forget_train, retain_train = split_by_classes(data[train_split], forget_classes, label_column)
     forget_test, retain_test = split_by_classes(data[test_split], forget_classes, label_column)
     names = class_names(data[train_split], label_column)
     if len(forget_train) == 0:
         wanted = ", ".join(f"{c} ({names[c]})" for c in forget_classes)
         raise ValueError(f"The {train_split!r} split has no samples of the forget class(es) {wanted}: "
                          "nothing to unlearn from. Check `--forget_class` and the dataset.")
-    return {"forget_train": forget_train, "forget_test": forget_test, "retain_test": retain_test}
+    splits = {"forget_train": forget_train, "forget_test": forget_test, "retain_test": retain_test}
+    if retain_train_samples > 0:
+        count = min(retain_train_samples, len(retain_train))
+        indices = np.random.default_rng(seed).choice(len(retain_train), count, replace=False)
+        splits["retain_train"] = retain_train.select(np.sort(indices))
+    return splits
+
+
+def open_image(value) -> PILImage.Image:
+    """A decoded image from a PIL image or an undecoded `datasets` Image value ({"path", "bytes"}), with an
+    error that names the file when it cannot be read."""
+    if isinstance(value, PILImage.Image):
+        return value
+    path, data = value.get("path"), value.get("bytes")
+    try:
+        image = PILImage.open(io.BytesIO(data) if data is not None else path)
+        image.load()
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ValueError(f"Cannot read the image file {path or '<embedded bytes>'}: {err}. Remove or replace it.") from None
+    return image
+
+
+@dataclass
+class ImageData:
+    """A "train" and a "test" split with the names of their image and label (ClassLabel) columns."""
+
+    splits: DatasetDict
+    image_column: str
+    label_column: str
+
+    @property
+    def names(self) -> list[str]:
+        return class_names(self.splits["train"], self.label_column)
+
+
+def _is_saved_dataset(path: str | None) -> bool:
+    return bool(path) and any(os.path.isfile(os.path.join(path, f)) for f in ("dataset_dict.json", "state.json"))
+
+
+def _load_source(dataset_name: str | None, dataset_config: str | None, dataset_dir: str | None,
+                 cache_dir: str | None) -> DatasetDict:
+    if _is_saved_dataset(dataset_dir) or _is_saved_dataset(dataset_name):
+        saved = load_from_disk(dataset_dir or dataset_name)
+        return saved if isinstance(saved, DatasetDict) else DatasetDict(train=saved)
+    if dataset_dir and not os.path.isdir(dataset_dir):
+        raise FileNotFoundError(f"--dataset_dir {dataset_dir!r} is not a folder.")
+    if dataset_name is None and dataset_dir is None:
+        raise ValueError("Pass --dataset_name (a Hub dataset id, or 'imagefolder' with --dataset_dir).")
+    return load_dataset(dataset_name or "imagefolder", dataset_config, data_dir=dataset_dir, cache_dir=cache_dir)
+
+
+def detect_columns(features: Features, image_column: str | None = None, label_column: str | None = None) -> tuple[str, str]:
+    """(image column, label column): the ones given, else the first Image feature and the first ClassLabel (or a
+    column with a usual label name)."""
+    columns = list(features)
+    for given, flag in ((image_column, "--image_column"), (label_column, "--label_column")):
+        if given is not None and given not in features:
+            raise ValueError(f"The dataset has no column {given!r} (columns: {', '.join(columns)}). "
+                             f"Pass {flag} with one of them.")
+    image_column = image_column or next((c for c in columns if isinstance(features[c], Image)), None)
+    if image_column is None:
+        raise ValueError(f"Found no image column among {', '.join(columns)}: pass --image_column.")
+    label_column = label_column or next((c for c in columns if isinstance(features[c], ClassLabel)), None)
+    label_column = label_column or next((c for c in LABEL_COLUMN_GUESSES if c in features), None)
+    if label_column is None:
+        raise ValueError(f"Found no label column among {', '.join(columns)} (for an imagefolder, put the images "
+                         "of each class in a sub-folder named after it): pass --label_column.")
+    return image_column, label_column
+
+
+def _encode_labels(data: DatasetDict, label_column: str) -> DatasetDict:
+    """Make the label column a ClassLabel: integer ids keep their values (names "0", "1", ...), strings are
+    encoded in sorted order."""
+    feature = data["train"].features[label_column]
+    if isinstance(feature, ClassLabel):
+        return data
+    if isinstance(feature, Value) and feature.dtype.startswith("int"):
+        count = 1 + max(int(np.max(split[label_column])) for split in data.values() if len(split))
+        return data.cast_column(label_column, ClassLabel(names=[str(i) for i in range(count)]))
+    return data.class_encode_column(label_column)
+
+
+def load_image_dataset(
+    dataset_name: str | None = None,
+    dataset_config: str | None = None,
+    dataset_dir: str | None = None,
+    train_split: str = "train",
+    test_split: str = "test",
+    image_column: str | None = None,
+    label_column: str | None = None,
+    cache_dir: str | None = None,
+    test_size: float = 0.2,
+    seed: int = 0,
+) -> ImageData:
+    """Any `datasets` image-classification source as a "train" and a "test" split.
+
+    Sources: a Hub id (with `dataset_config`), a local `imagefolder` (`dataset_dir` with train/ and test/ folders
+    of one sub-folder per class), or a folder written by `save_to_disk`. Images stay undecoded until used, so
+    that an unreadable file is reported by name (`open_image`). A missing test split is held out of the training
+    split with a fixed seed.
+    """
+    data = _load_source(dataset_name, dataset_config, dataset_dir, cache_dir)
+    if train_split not in data:
+        raise ValueError(f"The dataset has no split {train_split!r} (splits: {', '.join(data)}): pass --train_split.")
+    image_column, label_column = detect_columns(data[train_split].features, image_column, label_column)
+    splits = DatasetDict(train=data[train_split], **({"test": data[test_split]} if test_split in data else {}))
+    splits = _encode_labels(splits, label_column).cast_column(image_column, Image(decode=False))
+    if "test" not in splits:
+        logger.warning(f"The dataset has no {test_split!r} split: holding out {test_size:.0%} of {train_split!r} "
+                       f"(stratified, seed {seed}) as the test split.")
+        splits = splits["train"].train_test_split(test_size=test_size, seed=seed, stratify_by_column=label_column)
+    return ImageData(splits, image_column, label_column)
+
+
+def _generic(names: Sequence[str]) -> bool:
+    return all(name in (str(i), f"LABEL_{i}") for i, name in enumerate(names))
+
+
+def _relabel(dataset: Dataset, label_column: str, lookup: Sequence[int], names: Sequence[str]) -> Dataset:
+    """`dataset` with labels mapped through `lookup` and named `names`; only the label column is rewritten."""
+    labels = np.asarray(lookup)[np.asarray(dataset[label_column], dtype=np.int64)]
+    return dataset.remove_columns(label_column).add_column(
+        label_column, labels.tolist(), feature=ClassLabel(names=list(names))
+    )
+
+
+def align_labels(data: ImageData, model_names: Sequence[str] | None, model_classes: int,
+                 by_id: bool = False) -> ImageData:
+    """Put the dataset's labels in the model's class-id space.
+
+    Equal names: nothing to do. Both sides named, dataset names all among the model's: mapped by name. Either side
+    unnamed (or `by_id`): ids are taken as they are, which needs the same number of classes. Anything else is
+    refused, since unlearning "class 3" of the wrong label space would silently forget the wrong class.
+    """
+    names = data.names
+    if model_names is not None and list(model_names) == names:
+        return data
+    if model_names is None or by_id or _generic(names):
+        if len(names) != model_classes:
+            raise ValueError(
+                f"The model has {model_classes} classes but the dataset has {len(names)}: use the dataset the model "
+                "was trained on, or a model fine-tuned on this dataset."
+            )
+        if model_names is None:
+            return data
+        lookup, target = range(model_classes), model_names
+        logger.warning("Matching the dataset's classes to the model's by id, not by name.")
+    else:
+        missing = [name for name in names if name not in model_names]
+        if missing:
+            hint = " or pass --match_labels_by_id if the ids correspond" if len(names) == model_classes else ""
+            raise ValueError(
+                f"The dataset's class names do not match the model's: {len(missing)} of the dataset's {len(names)} "
+                f"classes are not among the model's {model_classes} labels (e.g. {', '.join(map(repr, missing[:3]))}"
+                f"; the model has e.g. {', '.join(map(repr, list(model_names)[:3]))}). Use the dataset the model was "
+                f"trained on{hint}."
+            )
+        lookup, target = [list(model_names).index(name) for name in names], model_names
+        logger.info("Mapped the dataset's classes to the model's by name.")
+    splits = DatasetDict({k: _relabel(v, data.label_column, lookup, target) for k, v in data.splits.items()})
+    return ImageData(splits, data.image_column, data.label_column)
+
+
+def _image_files(folder: str) -> list[str]:
+    extensions = {ext for ext, fmt in PILImage.registered_extensions().items() if fmt in PILImage.OPEN}
+    return sorted(
+        os.path.join(root, name)
+        for root, _, files in os.walk(folder)
+        for name in files
+        if os.path.splitext(name)[1].lower() in extensions
+    )
+
+
+def forget_folder_dataset(forget_dir: str, forget_classes: Sequence[int], names: Sequence[str]) -> Dataset:
+    """The forget set of the forget-only mode, from a folder of images and nothing else.
+
+    With one forget class every image in `forget_dir` (sub-folders included) is labelled with it; with several, each
+    image must sit in a sub-folder named after its class (name or id).
+    """
+    if not os.path.isdir(forget_dir):
+        raise FileNotFoundError(f"--forget_dir {forget_dir!r} is not a folder.")
+    files = _image_files(forget_dir)
+    if not files:
+        raise ValueError(f"--forget_dir {forget_dir!r} holds no image files: nothing to unlearn from.")
+    if len(forget_classes) == 1:
+        labels = [forget_classes[0]] * len(files)
+    else:
+        wanted = {names[c]: c for c in forget_classes} | {str(c): c for c in forget_classes}
+        parts = [os.path.relpath(f, forget_dir).split(os.sep) for f in files]
+        if any(len(p) < 2 or p[0] not in wanted for p in parts):
+            raise ValueError(f"With several forget classes, --forget_dir needs one sub-folder per forget class "
+                             f"({', '.join(names[c] for c in forget_classes)}) and nothing else.")
+        labels = [wanted[p[0]] for p in parts]
+    features = Features({"image": Image(decode=False), "label": ClassLabel(names=list(names))})
+    return Dataset.from_dict({"image": files, "label": labels}, features=features)
+
+
+def load_unlearning_splits(
+    loaded: LoadedClassifier,
+    forget_class: Sequence[int | str],
+    dataset_name: str | None = None,
+    dataset_config: str | None = None,
+    dataset_dir: str | None = None,
+    forget_dir: str | None = None,
+    train_split: str = "train",
+    test_split: str = "test",
+    test_size: float = 0.2,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    match_labels_by_id: bool = False,
+    mia_samples: int = 1000,
+    cache_dir: str | None = None,
+    seed: int = 0,
+) -> tuple[dict[str, Dataset], list[int], list[str]]:
+    """(splits transformed for `loaded.model`, forget class ids, class names in the model's id order).
+
+    From a dataset: forget_train, forget_test, retain_test and a retain_train sample for the MIA, labels aligned
+    with the model's (`align_labels`). Forget-only (`forget_dir`): forget_train alone; the other splits are empty.
+    """
+    classes = num_classes(loaded.model)
+    if forget_dir is not None:
+        names = loaded.label_names or [str(i) for i in range(classes)]
+        forget = resolve_forget_classes(forget_class, names)
+        forget_train = forget_folder_dataset(forget_dir, forget, names)
+        splits = {"forget_train": forget_train, "forget_test": forget_train.select([]),
+                  "retain_test": forget_train.select([])}
+        image_column, label_column = "image", "label"
+        logger.warning("Forget-only mode: no retained data, so A_Dr and the membership-inference attack are skipped.")
+    else:
+        data = load_image_dataset(dataset_name, dataset_config, dataset_dir, train_split, test_split, image_column,
+                                  label_column, cache_dir, test_size, seed)
+        data = align_labels(data, loaded.label_names, classes, by_id=match_labels_by_id)
+        names = data.names
+        forget = resolve_forget_classes(forget_class, names)
+        splits = unlearning_splits(data.splits, forget, label_column=data.label_column,
+                                   retain_train_samples=mia_samples, seed=seed)
+        image_column, label_column = data.image_column, data.label_column
+    transformed = {
+        name: with_image_transform(split, loaded.transform, image_column, label_column, loaded.in_chans)
+        for name, split in splits.items()
+    }
+    return transformed, forget, names

@@ -29,6 +29,31 @@ def eval_transform(model: torch.nn.Module):
     return timm.data.create_transform(**timm.data.resolve_model_data_config(model), is_training=False)
 
 
+def training_recipe(output_dir: str, epochs: float = 12, seed: int = 0) -> TrainingArguments:
+    """How the demo and benchmark classifiers are trained; also the recipe of the retrain-from-scratch oracle."""
+    return TrainingArguments(
+        output_dir=output_dir,
+        num_train_epochs=epochs,
+        learning_rate=2e-3,
+        per_device_train_batch_size=64,
+        lr_scheduler_type="cosine",
+        warmup_steps=20,
+        weight_decay=1e-4,
+        save_strategy="no",
+        logging_steps=20,
+        remove_unused_columns=False,
+        report_to="none",
+        seed=seed,
+    )
+
+
+def save_digits_dataset(path: str) -> str:
+    """scikit-learn's digits as a `save_to_disk` folder, the form `scripts/unlearn.py --dataset_name` reads."""
+    if not os.path.exists(os.path.join(path, "dataset_dict.json")):
+        digits_dataset().save_to_disk(path)
+    return path
+
+
 def train_digits_model(save_directory: str, epochs: float = 12, seed: int = 0) -> str:
     """Train the demo classifier once and save it in timm's Hub layout; reuse it if it is already there."""
     if os.path.exists(os.path.join(save_directory, "config.json")):
@@ -42,20 +67,7 @@ def train_digits_model(save_directory: str, epochs: float = 12, seed: int = 0) -
         num_classes=len(names),
         pretrained_cfg_overlay={**DIGITS_PRETRAINED_CFG, "label_names": tuple(names)},
     )
-    args = TrainingArguments(
-        output_dir=os.path.join(save_directory, "checkpoints"),
-        num_train_epochs=epochs,
-        learning_rate=2e-3,
-        per_device_train_batch_size=64,
-        lr_scheduler_type="cosine",
-        warmup_steps=20,
-        weight_decay=1e-4,
-        save_strategy="no",
-        logging_steps=20,
-        remove_unused_columns=False,
-        report_to="none",
-        seed=seed,
-    )
+    args = training_recipe(os.path.join(save_directory, "checkpoints"), epochs, seed)
     train = with_image_transform(data["train"], eval_transform(model))
     ClassifierTrainer(model=model, args=args, train_dataset=train).train()
     save_for_hf(model.cpu(), save_directory, safe_serialization=True)

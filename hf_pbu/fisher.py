@@ -3,11 +3,15 @@
 For an image x with logits z(x) and softmax p, the score of class c is
     d log p_c / d theta = J^T (e_c - p),       J = dz/dtheta,
 so every estimator is a sum of squared vector-Jacobian products J^T v with per-image "directions" v:
-    exact      v_c = sqrt(p_c) (e_c - p) for every class c   (expectation over the model's own softmax)
-    mc         v_s = (e_{y_s} - p) / sqrt(S), y_s ~ p        (S sampled labels)
+    exact      sum_c p_c (e_c - p)(e_c - p)^T = diag(p) - p p^T, which has rank C-1: its exact Cholesky
+               factorisation (Tanabe & Sagae 1992, as nngeometry's classif_logits) gives C-1 directions;
+               with `top_mass`, v_c = sqrt(p_c) (e_c - p) for the most likely classes covering that mass only
+    mc         v_s = (e_{y_s} - p) / sqrt(S), y_s ~ p        (S sampled labels; when S > C, one direction per
+                                                             class weighted by its count, the same sum)
     empirical  v   = e_y - p                                 (the true label)
-The Fisher diagonal is the mean over images of sum_k (J^T v_k)^2: squares of *per-image* gradients, which is why
-the gradients are computed per image (torch.func.vmap) and never from a batch-summed gradient.
+The Fisher diagonal is the mean over images of sum_k (J^T v_k)^2: squares of *per-image* gradients, never of a
+batch-summed gradient. Layers of known types get them from one batched backward per direction
+(`per_sample_grads`); any other parameter from per-image vector-Jacobian products (torch.func.vmap).
 """
 
 import hashlib
@@ -25,6 +29,7 @@ from transformers.utils import logging
 from .distributed import all_reduce_sum_, is_main_process
 from .models import classifier_logits
 from .modes import eval_mode
+from .per_sample_grads import batch_coupling_modules, squared_gradient_sums
 
 logger = logging.get_logger(__name__)
 
@@ -33,29 +38,82 @@ ESTIMATORS = ("exact", "mc", "empirical")
 PER_SAMPLE_GRAD_BUDGET_BYTES = 1 << 30
 
 
+def _exact_factor(probs: torch.Tensor) -> torch.Tensor:
+    """U [batch, C-1, C] with U^T U = diag(p) - p p^T for each image: the exact Cholesky factor of the softmax
+    covariance (Tanabe & Sagae 1992), with the classes taken by decreasing p so that every ratio is at most 1."""
+    sorted_p, order = probs.sort(-1, descending=True)
+    tail = sorted_p.flip(-1).cumsum(-1).flip(-1)  # tail[:, j] = sum_{i >= j} p_i, accurate for small tails
+    tiny = torch.finfo(probs.dtype).tiny
+    from_j, after_j = tail[:, :-1], tail[:, 1:]
+    scale = (sorted_p[:, :-1] * after_j / from_j.clamp_min(tiny)).sqrt()  # [batch, C-1]
+    num_classes = probs.shape[-1]
+    eye = torch.eye(num_classes - 1, num_classes, dtype=probs.dtype, device=probs.device)
+    later = torch.ones_like(eye).triu(1)  # class i comes after column j
+    factor = (eye - later * sorted_p.unsqueeze(1) / after_j.clamp_min(tiny).unsqueeze(-1)) * scale.unsqueeze(-1)
+    return torch.zeros_like(factor).scatter_(2, order.unsqueeze(1).expand_as(factor), factor)
+
+
+def _top_mass_directions(probs: torch.Tensor, top_mass: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """sqrt(p_c) (e_c - p) for each image's most likely classes, as many as needed to cover `top_mass` (padded
+    with zero directions), and each image's uncovered probability mass eps."""
+    sorted_p, order = probs.sort(-1, descending=True)
+    kept = sorted_p.cumsum(-1) - sorted_p < top_mass  # the mass of the classes before this one is not enough yet
+    count = int(kept.sum(-1).max())
+    if count >= probs.shape[-1] - 1:  # the exact factor needs no more directions
+        return _exact_factor(probs), torch.zeros_like(probs[:, 0])
+    onehot = nn.functional.one_hot(order[:, :count], probs.shape[-1]).to(probs.dtype)
+    weight = (sorted_p[:, :count] * kept[:, :count]).sqrt().unsqueeze(-1)
+    return weight * (onehot - probs.unsqueeze(1)), (sorted_p * ~kept).sum(-1)
+
+
+def _directions(
+    logits: torch.Tensor,
+    labels: torch.Tensor | None,
+    estimator: str,
+    mc_samples: int,
+    generator: torch.Generator | None,
+    top_mass: float | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The directions [batch, K, classes] (in the logits' dtype, at least fp32) and, with `top_mass`, each image's
+    uncovered probability mass."""
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    probs = logits.detach().double().softmax(-1)
+    num_classes = probs.shape[-1]
+    if estimator == "exact":
+        if top_mass is not None:
+            directions, uncovered = _top_mass_directions(probs, top_mass)
+            return directions.to(dtype), uncovered
+        if num_classes == 1:
+            return torch.zeros_like(probs, dtype=dtype).unsqueeze(1), None
+        return _exact_factor(probs).to(dtype), None
+    if estimator == "mc":
+        probs = probs.float()
+        sampled = torch.multinomial(probs.cpu(), mc_samples, replacement=True, generator=generator).to(probs.device)
+        onehot = nn.functional.one_hot(sampled, num_classes).to(probs.dtype)
+        if mc_samples > num_classes:  # repeated labels: one direction per class, weighted by its count
+            weight = (onehot.sum(1) / mc_samples).sqrt().unsqueeze(-1)
+            eye = torch.eye(num_classes, dtype=probs.dtype, device=probs.device)
+            return (weight * (eye - probs.unsqueeze(1))).to(dtype), None
+        return ((onehot - probs.unsqueeze(1)) / mc_samples**0.5).to(dtype), None
+    if estimator == "empirical":
+        if labels is None:
+            raise ValueError("The 'empirical' Fisher needs the true labels.")
+        onehot = nn.functional.one_hot(labels.long(), num_classes).to(probs.dtype)
+        return (onehot - probs).unsqueeze(1).to(dtype), None
+    raise ValueError(f"Unknown Fisher estimator {estimator!r}; choose one of {ESTIMATORS}.")
+
+
 def score_directions(
     logits: torch.Tensor,
     labels: torch.Tensor | None,
     estimator: str,
     mc_samples: int = 1,
     generator: torch.Generator | None = None,
+    top_mass: float | None = None,
 ) -> torch.Tensor:
-    """Directions v (shape [batch, K, classes]) such that the Fisher of an image is sum_k (J^T v_k)^2."""
-    probs = logits.detach().float().softmax(-1)
-    num_classes = probs.shape[-1]
-    if estimator == "exact":
-        eye = torch.eye(num_classes, device=probs.device, dtype=probs.dtype)
-        return probs.sqrt().unsqueeze(-1) * (eye - probs.unsqueeze(1))
-    if estimator == "mc":
-        sampled = torch.multinomial(probs.cpu(), mc_samples, replacement=True, generator=generator).to(probs.device)
-        onehot = nn.functional.one_hot(sampled, num_classes).to(probs.dtype)
-        return (onehot - probs.unsqueeze(1)) / mc_samples**0.5
-    if estimator == "empirical":
-        if labels is None:
-            raise ValueError("The 'empirical' Fisher needs the true labels.")
-        onehot = nn.functional.one_hot(labels.long(), num_classes).to(probs.dtype)
-        return (onehot - probs).unsqueeze(1)
-    raise ValueError(f"Unknown Fisher estimator {estimator!r}; choose one of {ESTIMATORS}.")
+    """Directions v (shape [batch, K, classes]) such that the Fisher of an image is sum_k (J^T v_k)^2
+    (K = C-1 for 'exact', fewer with `top_mass`; min(`mc_samples`, C) for 'mc'; 1 for 'empirical')."""
+    return _directions(logits, labels, estimator, mc_samples, generator, top_mass)[0]
 
 
 def _split_batch(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -65,7 +123,8 @@ def _split_batch(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 
 def _squared_vjps_vmapped(model, params, buffers, images, directions) -> dict[str, torch.Tensor]:
-    """sum over images and directions of (J^T v)^2, with per-image gradients from torch.func."""
+    """sum over images and directions of (J^T v)^2 for `params` (all or some of the model's), with per-image
+    gradients from torch.func."""
 
     def one_image(image: torch.Tensor, image_directions: torch.Tensor) -> dict[str, torch.Tensor]:
         def logits_of(p):
@@ -78,7 +137,8 @@ def _squared_vjps_vmapped(model, params, buffers, images, directions) -> dict[st
     n_params = sum(p.numel() for p in params.values())
     per_image_bytes = 4 * n_params * (directions.shape[1] + 1)
     chunk = max(1, min(len(images), PER_SAMPLE_GRAD_BUDGET_BYTES // per_image_bytes))
-    per_image = vmap(one_image, chunk_size=chunk)(images, directions)
+    with torch.no_grad():  # the parameters left out of `params` are constants here
+        per_image = vmap(one_image, chunk_size=chunk)(images, directions)
     return {name: value.sum(0) for name, value in per_image.items()}
 
 
@@ -101,6 +161,46 @@ def _squared_vjps_looped(model, params, images, directions) -> dict[str, torch.T
     return sums
 
 
+class _BatchFisher:
+    """Per-batch sums of squared per-image scores: handled layers from batched backward passes, the remaining
+    parameters from torch.func (or, if torch.func cannot run the model, one backward per image and direction)."""
+
+    def __init__(self, model: nn.Module, named: dict[str, nn.Parameter]):
+        self.model = model
+        self.named = named
+        coupling = batch_coupling_modules(model)
+        if coupling:
+            logger.info(f"Norm layers without running statistics ({coupling[:3]}) couple the images of a batch: "
+                        "the Fisher is computed one image at a time.")
+        self.batched = not coupling
+        self.use_vmap = True
+        self.buffers = dict(model.named_buffers())
+
+    def __call__(self, images: torch.Tensor, directions_of) -> dict[str, torch.Tensor]:
+        if self.batched:
+            sums, rest, directions = squared_gradient_sums(
+                self.model, self.named, images, directions_of, classifier_logits
+            )
+        else:
+            with torch.no_grad():  # each image's logits on its own, as its per-image gradients see it
+                logits = torch.cat([classifier_logits(self.model, x[None]) for x in images])
+            directions = directions_of(logits).to(logits.dtype)
+            sums, rest = {}, list(self.named)
+        if rest:
+            sums.update(self._general(images, directions, {name: self.named[name] for name in rest}))
+        return sums
+
+    def _general(self, images, directions, params) -> dict[str, torch.Tensor]:
+        if self.use_vmap:
+            try:
+                detached = {name: p.detach() for name, p in params.items()}
+                return _squared_vjps_vmapped(self.model, detached, self.buffers, images, directions)
+            except (RuntimeError, NotImplementedError) as err:
+                logger.warning(f"Per-image gradients via torch.func failed ({err}); looping over images.")
+                self.use_vmap = False
+        return _squared_vjps_looped(self.model, params, images, directions)
+
+
 def compute_fisher_diagonal(
     model: nn.Module,
     dataloader: Iterable,
@@ -108,6 +208,7 @@ def compute_fisher_diagonal(
     mc_samples: int = 1,
     seed: int = 0,
     show_progress: bool = True,
+    top_mass: float | None = None,
 ) -> dict[str, torch.Tensor]:
     """Diagonal Fisher of `model` on the images of `dataloader`, keyed by `named_parameters()` names.
 
@@ -116,43 +217,47 @@ def compute_fisher_diagonal(
     needed by the 'empirical' estimator) or `(images, labels)` tuples. Under torch.distributed, each rank passes
     the loader of its own disjoint shard: sums and image counts are all-reduced, so the result equals the
     single-process one.
+
+    `top_mass` (exact estimator only; for many classes): per image, only the most likely classes that together
+    hold at least this probability mass enter the expectation. The uncovered mass eps (at most 1 - top_mass) is
+    logged; the result is a lower bound of the exact Fisher, equal to it for `top_mass=1`.
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"Unknown Fisher estimator {estimator!r}; choose one of {ESTIMATORS}.")
+    if top_mass is not None and (estimator != "exact" or not 0 < top_mass <= 1):
+        raise ValueError(f"top_mass={top_mass} needs estimator='exact' and a value in (0, 1].")
     named = {name: p for name, p in model.named_parameters() if p.requires_grad}
     device = next(iter(named.values())).device
     sums = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in named.items()}
     count = torch.zeros((), dtype=torch.float64, device=device)
+    uncovered_sum = torch.zeros((), dtype=torch.float64, device=device)
+    uncovered_max = torch.zeros((), dtype=torch.float64, device=device)
     generator = torch.Generator().manual_seed(seed)
-    use_vmap = True
     with eval_mode(model):
-        params = {name: p.detach() for name, p in named.items()}
-        buffers = dict(model.named_buffers())
+        batch_fisher = _BatchFisher(model, named)
         batches = logging.tqdm(dataloader, desc="Fisher", disable=not (show_progress and is_main_process()))
         for batch in batches:
             images, labels = _split_batch(batch)
             images = images.to(device)
             labels = None if labels is None else labels.to(device)
-            with torch.no_grad():
-                logits = classifier_logits(model, images)
-            directions = score_directions(logits, labels, estimator, mc_samples, generator).to(logits.dtype)
-            batch_sums = None
-            if use_vmap:
-                try:
-                    batch_sums = _squared_vjps_vmapped(model, params, buffers, images, directions)
-                except (RuntimeError, NotImplementedError) as err:
-                    logger.warning(f"Per-image gradients via torch.func failed ({err}); looping over images.")
-                    use_vmap = False
-            if batch_sums is None:
-                batch_sums = _squared_vjps_looped(model, named, images, directions)
-            for name, value in batch_sums.items():
+
+            def directions_of(logits: torch.Tensor, labels=labels) -> torch.Tensor:
+                directions, eps = _directions(logits, labels, estimator, mc_samples, generator, top_mass)
+                if eps is not None:
+                    uncovered_sum.add_(eps.sum())
+                    uncovered_max.copy_(torch.maximum(uncovered_max, eps.max()))
+                return directions
+
+            for name, value in batch_fisher(images, directions_of).items():
                 sums[name] += value.float()
             count += images.shape[0]
-    all_reduce_sum_([*sums.values(), count])
+    all_reduce_sum_([*sums.values(), count, uncovered_sum])
     if count.item() == 0:
         raise ValueError("The Fisher needs at least one forget image; the dataloader was empty.")
+    if top_mass is not None:
+        logger.info(f"Fisher over the classes covering {top_mass:.4g} of each image's probability: uncovered mass "
+                    f"eps mean {uncovered_sum.item() / count.item():.3g}, max {uncovered_max.item():.3g} (max on this rank).")
     return {name: value / count.float() for name, value in sums.items()}
-
 
 def model_fingerprint(model: nn.Module) -> str:
     """sha256 of the model's state dict (names, dtypes and bytes)."""
@@ -181,9 +286,14 @@ def default_fisher_cache_dir() -> str:
     return os.path.join(hub_constants.HF_HOME, "hf_pbu", "fisher")
 
 
-def fisher_cache_path(cache_dir: str, model: nn.Module, dataset, estimator: str, mc_samples: int, seed: int) -> str:
+def fisher_cache_path(
+    cache_dir: str, model: nn.Module, dataset, estimator: str, mc_samples: int, seed: int,
+    top_mass: float | None = None,
+) -> str:
     """Where the Fisher of this model (weights), forget data and estimator is cached."""
     settings = f"{estimator}:{mc_samples if estimator == 'mc' else 0}:{seed if estimator == 'mc' else 0}"
+    if top_mass is not None:
+        settings += f":top_mass={top_mass!r}"
     key = hashlib.sha256(f"{model_fingerprint(model)}|{dataset_fingerprint(dataset)}|{settings}".encode())
     return os.path.join(cache_dir, f"fisher-{key.hexdigest()[:32]}.safetensors")
 
@@ -196,18 +306,21 @@ def load_or_compute_fisher(
     estimator: str = "exact",
     mc_samples: int = 1,
     seed: int = 0,
+    top_mass: float | None = None,
 ) -> tuple[dict[str, torch.Tensor], float]:
     """The Fisher from `cache_dir` when this model and data were seen before, else computed (and cached).
 
     Returns the Fisher and the seconds spent computing it (0 when read from the cache).
     """
-    path = None if cache_dir is None else fisher_cache_path(cache_dir, model, dataset, estimator, mc_samples, seed)
+    path = None if cache_dir is None else fisher_cache_path(
+        cache_dir, model, dataset, estimator, mc_samples, seed, top_mass
+    )
     if path is not None and os.path.exists(path):
         logger.info(f"Loading the Fisher diagonal from the cache {path}")
         device = next(model.parameters()).device
         return {name: t.to(device) for name, t in load_file(path).items()}, 0.0
     start = time.perf_counter()
-    fisher = compute_fisher_diagonal(model, make_dataloader(), estimator, mc_samples, seed)
+    fisher = compute_fisher_diagonal(model, make_dataloader(), estimator, mc_samples, seed, top_mass=top_mass)
     seconds = time.perf_counter() - start
     if path is not None and is_main_process():
         os.makedirs(cache_dir, exist_ok=True)

@@ -1,11 +1,11 @@
-"""Accuracy of a classifier on a dataset, computed the same way in one process or many."""
+"""Accuracy and per-sample predictions of a classifier on a dataset, computed the same way in one process or many."""
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .distributed import all_reduce_sum_, shard
-from .models import classifier_logits
+from .distributed import all_reduce_sum_, rank_and_world_size, shard
+from .models import classifier_logits, num_classes
 from .modes import eval_mode
 
 
@@ -29,3 +29,29 @@ def accuracy(model: nn.Module, dataset: Dataset, batch_size: int = 128, collate_
             counts[1] += labels.numel()
     all_reduce_sum_([counts])
     return float(100.0 * counts[0] / counts[1])
+
+
+@torch.no_grad()
+def predictions(
+    model: nn.Module, dataset: Dataset, batch_size: int = 128, collate_fn=None, num_workers: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits [N, C] float32, labels [N]) of every sample of `dataset`, in dataset order, on CPU.
+
+    Under torch.distributed each rank computes its own slice (`shard`) into zeros and the tensors are summed, so
+    every rank ends with the full, identical result.
+    """
+    rank, world_size = rank_and_world_size()
+    device = next(model.parameters()).device
+    logits = torch.zeros(len(dataset), num_classes(model), dtype=torch.float32, device=device)
+    labels = torch.zeros(len(dataset), dtype=torch.long, device=device)
+    loader = DataLoader(shard(dataset), batch_size=batch_size, collate_fn=collate_fn, num_workers=num_workers)
+    done = 0
+    with eval_mode(model):
+        for batch in loader:
+            batch_logits = classifier_logits(model, batch["pixel_values"].to(device)).float()
+            rows = (torch.arange(done, done + len(batch_logits), device=device) * world_size) + rank
+            logits[rows] = batch_logits
+            labels[rows] = batch["labels"].to(device)
+            done += len(batch_logits)
+    all_reduce_sum_([logits, labels])
+    return logits.cpu(), labels.cpu()

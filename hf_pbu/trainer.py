@@ -122,6 +122,7 @@ class PBUTrainer(Trainer):
             estimator=args.fisher_estimator,
             mc_samples=args.fisher_mc_samples,
             seed=args.seed,
+            top_mass=args.fisher_top_mass,
         )
 
     def forget_accuracy(self) -> float:

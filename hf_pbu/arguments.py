@@ -1,0 +1,58 @@
+"""Command-line arguments of `scripts/unlearn.py` besides `PBUConfig`: which model, which data, what to forget."""
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ModelArguments:
+    model_id: str = field(
+        metadata={
+            "help": "Image classifier to unlearn from: a Hub id of a timm or transformers model ('timm/<arch>' takes "
+            "timm's default pretrained tag), timm's 'hf-hub:<repo>' or 'local-dir:<folder>', or a local folder."
+        }
+    )
+    revision: str | None = field(default=None, metadata={"help": "Branch, tag or commit of the model on the Hub."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where Hub downloads (model and data) are cached."})
+
+
+@dataclass
+class DataArguments:
+    forget_class: list[str] = field(
+        metadata={"help": "Class(es) to forget, by id or by name, e.g. `--forget_class 3 7` or `--forget_class cat`."}
+    )
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "A Hub dataset id, 'imagefolder' (with --dataset_dir) or a `save_to_disk` folder. Defaults to the "
+            "dataset named in the model card's metadata."
+        },
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Configuration name of the Hub dataset."})
+    dataset_dir: str | None = field(
+        default=None,
+        metadata={"help": "Local data: an imagefolder (train/ and test/, one sub-folder per class) or a saved dataset."},
+    )
+    forget_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Forget-only mode: a folder holding just images of the forget class(es), and no other data "
+            "(one sub-folder per class when forgetting several). No retain accuracy or MIA can be measured."
+        },
+    )
+    train_split: str = field(default="train", metadata={"help": "Split holding the training data."})
+    test_split: str = field(
+        default="test", metadata={"help": "Split to measure A_Df/A_Dr on; held out of the training split if missing."}
+    )
+    test_size: float = field(
+        default=0.2, metadata={"help": "Fraction of the training split held out when there is no test split."}
+    )
+    image_column: str | None = field(default=None, metadata={"help": "Image column (default: detected)."})
+    label_column: str | None = field(default=None, metadata={"help": "Label column (default: detected)."})
+    match_labels_by_id: bool = field(
+        default=False,
+        metadata={"help": "Take the dataset's class ids as the model's even when their names differ."},
+    )
+    mia_samples: int = field(
+        default=1000,
+        metadata={"help": "Retained training images sampled as the members of the membership-inference attack."},
+    )

@@ -1,0 +1,252 @@
+"""Every code path of the fast Fisher (per-layer closed forms, pair and per-image GEMMs, norm layers, the general
+fallback, top-mass truncation, the C-1 factorisation, collapsed mc draws) against a brute-force loop: one image and
+one class at a time, plain autograd, float64."""
+
+import pytest
+import torch
+from torch import nn
+
+from hf_pbu import per_sample_grads
+from hf_pbu.fisher import _exact_factor, compute_fisher_diagonal, score_directions
+from hf_pbu.models import classifier_logits
+from hf_pbu.per_sample_grads import squared_gradient_sums
+
+
+def brute_force(model, images, classes_of=None) -> dict[str, torch.Tensor]:
+    """mean over images of sum_c p_c (d log p_c / d theta)^2, over `classes_of(probs)` (default: every class)."""
+    model.eval()
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    total = {n: torch.zeros_like(p) for n, p in named}
+    for image in images:
+        log_probs = model(image[None]).log_softmax(-1)[0]
+        probs = log_probs.exp().detach()
+        for c in range(len(probs)) if classes_of is None else classes_of(probs):
+            grads = torch.autograd.grad(log_probs[c], [p for _, p in named], retain_graph=True)
+            for (n, _), g in zip(named, grads):
+                total[n] += probs[c] * g.pow(2)
+    return {n: t / len(images) for n, t in total.items()}
+
+
+def max_rel_error(result, reference) -> float:
+    return max(((result[n].double() - reference[n]).abs().max() / reference[n].abs().max()).item() for n in reference)
+
+
+def fisher(model, images, batch_size=3, **kwargs):
+    batches = [(images[i : i + batch_size], None) for i in range(0, len(images), batch_size)]
+    return compute_fisher_diagonal(model, batches, show_progress=False, **kwargs)
+
+
+def randomise_norm_layers(model: nn.Module) -> nn.Module:
+    """Non-trivial running statistics and affine parameters, as a trained model has."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+            if isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0, 0.3)
+    return model
+
+
+class ConvNet(nn.Module):
+    """Conv2d (8x8 positions) + BatchNorm2d + in-place ReLU, a grouped strided conv (2x2 positions), a 1x1 conv,
+    pooling and a Linear head: the per-image, pair and single-position paths of the fast code."""
+
+    def __init__(self, classes=5):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 3, padding=1)
+        self.bn = nn.BatchNorm2d(6)
+        self.act = nn.ReLU(inplace=True)
+        self.down = nn.Conv2d(6, 8, 3, stride=4, padding=1, groups=2, bias=False)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.point = nn.Conv2d(8, 8, 1)
+        self.head = nn.Linear(8, classes)
+
+    def forward(self, x):
+        x = self.act(self.bn(self.stem(x)))
+        x = self.act(self.bn2(self.down(x)))
+        return self.head(self.point(x).mean((2, 3)))
+
+
+class TokenNet(nn.Module):
+    """Linear layers over a sequence of patches, LayerNorm, GroupNorm and BatchNorm1d."""
+
+    def __init__(self, classes=4):
+        super().__init__()
+        self.gn = nn.GroupNorm(3, 3)
+        self.embed = nn.Linear(12, 10)
+        self.ln = nn.LayerNorm(10)
+        self.bn = nn.BatchNorm1d(10)
+        self.head = nn.Linear(10, classes)
+
+    def forward(self, x):
+        x = self.gn(x)
+        tokens = x.unfold(2, 2, 2).unfold(3, 2, 2).permute(0, 2, 3, 1, 4, 5).reshape(x.shape[0], -1, 12)
+        tokens = self.ln(torch.tanh(self.embed(tokens)))
+        return self.head(self.bn(tokens.mean(1)))
+
+
+class MixedNet(nn.Module):
+    """Layers the fast path leaves to the general one: a Conv1d, a PReLU, a bare parameter, a Linear called twice,
+    a Linear on a sequence-first tensor and a Conv2d subclass; next to handled ones."""
+
+    class ScaledConv(nn.Conv2d):
+        def forward(self, x):
+            return super().forward(x) * 1.5
+
+    def __init__(self, classes=3):
+        super().__init__()
+        self.conv = self.ScaledConv(3, 4, 3, padding=1)
+        self.prelu = nn.PReLU(4)
+        self.offset = nn.Parameter(torch.randn(4, 1, 1))
+        self.mix = nn.Conv1d(4, 4, 3, padding=1)
+        self.shared = nn.Linear(4, 4)
+        self.sequence_first = nn.Linear(4, 4)
+        self.head = nn.Linear(4, classes)
+
+    def forward(self, x):
+        x = self.prelu(self.conv(x)) + self.offset
+        x = self.mix(x.flatten(2))  # [B, 4, positions]
+        x = self.sequence_first(x.permute(2, 0, 1)).mean(0)  # [positions, B, 4]
+        return self.head(self.shared(torch.tanh(self.shared(x))))
+
+
+def images(n=7, size=8, seed=0) -> torch.Tensor:
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("path", ["pairs", "per_image", "cost_model"])
+def test_conv_bn_linear_paths_match_brute_force(monkeypatch, path):
+    costs = {"pairs": 10**9, "per_image": -(10**9), "cost_model": per_sample_grads.PER_IMAGE_GRADIENT_MEMORY_COST}
+    monkeypatch.setattr(per_sample_grads, "PER_IMAGE_GRADIENT_MEMORY_COST", costs[path])
+    monkeypatch.setattr(per_sample_grads, "CHUNK_BUDGET_BYTES", 1)  # one image per chunk: exercises the chunking
+    torch.manual_seed(0)
+    model = randomise_norm_layers(ConvNet()).double()
+    x = images()
+    reference = brute_force(model, x)
+    assert max_rel_error(fisher(model, x), reference) <= 1e-5
+
+
+def test_every_parameter_of_handled_layers_takes_the_fast_path_in_float64():
+    torch.manual_seed(0)
+    model = randomise_norm_layers(ConvNet()).double().eval()
+    x = images()
+    named = dict(model.named_parameters())
+    sums, rest, directions = squared_gradient_sums(
+        model, named, x, lambda logits: score_directions(logits, None, "exact"), classifier_logits
+    )
+    assert rest == [] and set(sums) == set(named)
+    assert directions.shape == (len(x), 4, 5)  # C-1 directions
+    reference = brute_force(model, x)
+    assert max_rel_error({n: s / len(x) for n, s in sums.items()}, reference) <= 1e-10
+
+
+def test_sequence_linear_and_norm_layers_match_brute_force():
+    torch.manual_seed(0)
+    model = randomise_norm_layers(TokenNet()).double()
+    x = images()
+    named = dict(model.named_parameters())
+    _, rest, _ = squared_gradient_sums(
+        model.eval(), named, x, lambda logits: score_directions(logits, None, "exact"), classifier_logits
+    )
+    assert rest == []
+    assert max_rel_error(fisher(model, x), brute_force(model, x)) <= 1e-5
+
+
+def test_unhandled_layers_fall_back_and_match_brute_force():
+    torch.manual_seed(0)
+    model = MixedNet().double()
+    x = images(5)
+    named = dict(model.named_parameters())
+    _, rest, _ = squared_gradient_sums(
+        model.eval(), named, x, lambda logits: score_directions(logits, None, "exact"), classifier_logits
+    )
+    assert set(rest) == {"conv.weight", "conv.bias", "prelu.weight", "offset", "mix.weight", "mix.bias",
+                         "shared.weight", "shared.bias", "sequence_first.weight", "sequence_first.bias"}
+    assert max_rel_error(fisher(model, x), brute_force(model, x)) <= 1e-5
+
+
+def test_frozen_parameters_are_left_out():
+    torch.manual_seed(0)
+    model = randomise_norm_layers(ConvNet()).double()
+    model.stem.weight.requires_grad_(False)
+    model.bn.bias.requires_grad_(False)
+    x = images(4)
+    result = fisher(model, x)
+    assert "stem.weight" not in result and "bn.bias" not in result
+    assert max_rel_error(result, brute_force(model, x)) <= 1e-5
+
+
+def test_batch_statistics_norm_falls_back_to_one_image_at_a_time():
+    torch.manual_seed(0)
+    model = ConvNet().double()
+    model.bn.track_running_stats = False
+    model.bn.running_mean = model.bn.running_var = None  # batch statistics even in eval mode
+    model.stem.bias.requires_grad_(False)  # batch statistics cancel it: its Fisher is rounding noise
+    x = images(4)
+    assert max_rel_error(fisher(model, x, batch_size=4), brute_force(model, x)) <= 1e-5
+
+
+def test_top_mass_one_equals_exact_and_smaller_mass_keeps_the_top_classes():
+    torch.manual_seed(0)
+    model = randomise_norm_layers(ConvNet(classes=6)).double()
+    with torch.no_grad():
+        model.head.weight.mul_(8)  # peaked softmax, so that a few classes hold most of the mass
+    x = images(5)
+    exact = fisher(model, x)
+    assert max_rel_error(fisher(model, x, top_mass=1.0), exact) <= 1e-6
+    mass = 0.9
+
+    def top_classes(probs):
+        order = probs.argsort(descending=True)
+        before = probs[order].cumsum(0) - probs[order]
+        return order[before < mass].tolist()
+
+    truncated = fisher(model, x, top_mass=mass)
+    assert max_rel_error(truncated, brute_force(model, x, top_classes)) <= 1e-5
+    assert max_rel_error(truncated, {n: t.double() for n, t in exact.items()}) > 1e-6  # something was left out
+    assert all((truncated[n] <= exact[n] * (1 + 1e-6) + 1e-12).all() for n in exact)  # a lower bound
+
+
+@pytest.mark.parametrize("probs", [
+    [0.5, 0.3, 0.2],
+    [1.0 - 3e-9, 1e-9, 1e-9, 1e-9],  # confident: the float32 1 - cumsum(p) of nngeometry is NaN here
+    [0.0, 0.25, 0.75, 0.0, 0.0],  # exact zeros
+])
+def test_exact_factor_has_c_minus_one_rows_and_reproduces_the_softmax_covariance(probs):
+    p = torch.tensor([probs], dtype=torch.float64)
+    factor = _exact_factor(p)
+    assert factor.shape == (1, p.shape[1] - 1, p.shape[1])
+    covariance = torch.diag(p[0]) - p[0, :, None] * p[0, None, :]
+    torch.testing.assert_close(factor[0].T @ factor[0], covariance, rtol=0, atol=1e-15)
+
+
+def test_collapsed_mc_draws_equal_the_drawn_directions():
+    logits = torch.randn(4, 3, dtype=torch.float64)
+    drawn = 50
+    collapsed = score_directions(logits, None, "mc", drawn, torch.Generator().manual_seed(3))
+    assert collapsed.shape == (4, 3, 3)
+    probs = logits.softmax(-1)
+    labels = torch.multinomial(probs.float(), drawn, replacement=True, generator=torch.Generator().manual_seed(3))
+    each = (nn.functional.one_hot(labels, 3) - probs.float().unsqueeze(1)).double() / drawn**0.5
+    torch.testing.assert_close(collapsed.transpose(1, 2) @ collapsed, each.transpose(1, 2) @ each, rtol=1e-5,
+                               atol=1e-7)
+
+
+def test_top_mass_is_checked():
+    model = ConvNet()
+    with pytest.raises(ValueError, match="top_mass"):
+        fisher(model, images(2).float(), estimator="mc", top_mass=0.9)
+    with pytest.raises(ValueError, match="top_mass"):
+        fisher(model, images(2).float(), top_mass=0.0)
+
+
+def test_hooks_are_removed_even_when_the_directions_fail():
+    model = ConvNet()
+    x = images(2).float()
+    fisher(model, x)
+    with pytest.raises(ValueError, match="true labels"):
+        fisher(model, x, estimator="empirical")  # no labels: fails inside the hooked forward pass
+    assert not any(module._forward_hooks for module in model.modules())

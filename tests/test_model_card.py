@@ -1,0 +1,159 @@
+"""The card of an unlearned model, rendered from a real PBU run and read back as the Hub reads it."""
+
+import copy
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from hub_fixtures import populate_hf_cache
+from huggingface_hub import ModelCard, ModelCardData, constants
+from huggingface_hub.repocard_data import eval_results_to_model_index, model_index_to_eval_results
+from tiny_unlearning_run import shared_unlearning_run
+
+from hf_pbu.model_card import ACCURACY_ROWS, METRIC_NAMES, write_model_card
+from hf_pbu.pipeline import RESULTS_FILE
+
+BASE_CARD = ModelCard("---\nlicense: apache-2.0\nlibrary_name: timm\n---\n# A tiny digits classifier\n")
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> tuple[Path, dict, object, list[str]]:
+    """A copy of the shared run's folder (weights, unlearning_results.json); its results, config, labels."""
+    folder, results, config, names = shared_unlearning_run()
+    output_dir = tmp_path / "tiny-digits-unlearned"
+    shutil.copytree(folder, output_dir)
+    return output_dir, copy.deepcopy(results), config, names
+
+
+def table_rows(text: str) -> dict[str, list[str]]:
+    """Cells of the before/after table (the one whose header starts with `| Metric |`), by row label."""
+    lines = text[text.index("| Metric |") :].splitlines()
+    rows = {}
+    for line in lines[2:]:
+        if not line.startswith("|"):
+            break
+        label, *cells = [cell.strip() for cell in line.strip("|").split("|")]
+        rows[label] = cells
+    return rows
+
+
+def test_card_of_a_real_run_parses_back_with_metadata_and_table_matching_results(run):
+    output_dir, results, config, names = run
+    card = write_model_card(
+        str(output_dir),
+        results,
+        config,
+        "hf-hub:org/tiny-digits@main",
+        "timm",
+        names,
+        "sklearn-digits",
+        base_card=BASE_CARD,
+    )
+
+    loaded = ModelCard.load(output_dir / "README.md")
+    assert str(loaded) == str(card)
+    saved = json.loads((output_dir / RESULTS_FILE).read_text())
+
+    # Metadata: strict re-validation (no ignore_metadata_errors) and the Hub-side fields.
+    data = loaded.data
+    ModelCardData(**data.to_dict())
+    assert data.base_model == "org/tiny-digits"
+    assert data.library_name == "timm"
+    assert data.license == "apache-2.0"
+    assert data.pipeline_tag == "image-classification"
+    assert data.datasets == ["sklearn-digits"]
+    assert {"machine-unlearning", "pbu", "image-classification", "timm"} <= set(data.tags)
+
+    # model-index: survives the Hub's EvalResult round trip and holds the after-unlearning A_Df and A_Dr.
+    model_index = data.to_dict()["model-index"]
+    name, evals = model_index_to_eval_results(model_index)
+    assert eval_results_to_model_index(name, evals) == model_index
+    by_name = {result.metric_name: result for result in evals}
+    for key in ("forget_accuracy", "retain_accuracy"):
+        result = by_name[METRIC_NAMES[key]]
+        assert result.task_type == "image-classification" and result.metric_type == "accuracy"
+        assert result.metric_value == pytest.approx(saved["after"][key])
+
+    # The table shows unlearning_results.json's numbers.
+    rows = table_rows(loaded.text)
+    for label, key in ACCURACY_ROWS:
+        assert [float(cell) for cell in rows[label]] == [
+            pytest.approx(saved[when][key], abs=0.005) for when in ("before", "after")
+        ]
+    for attack, value in (saved["after"]["mia"] or {}).items():
+        assert any(
+            attack in label and float(cells[1]) == pytest.approx(value, abs=0.005)
+            for label, cells in rows.items()
+        )
+
+    text = loaded.text
+    assert "[org/tiny-digits](https://huggingface.co/org/tiny-digits)" in text
+    for class_id in saved["forget_classes"]:
+        assert f"| {class_id} | {names[class_id]} |" in text
+    assert f"{saved['forget_train_samples']} training images of the forgotten class" in text
+    assert f"Fisher diagonal: {saved['fisher_seconds']:.1f} s" in text
+    assert f"| alpha (weight of -CE on the forget data) | {config.alpha:g} |" in text
+    assert f'timm.create_model("hf-hub:{output_dir.name}", pretrained=True)' in text
+    title = "Partially Blinded Unlearning: Class Unlearning for Deep Networks a Bayesian Perspective"
+    assert f"title     = {{{title}}}" in text
+    assert "not a certified" in text.replace("**", "")
+
+
+def test_missing_measurements_and_names_retrain_reference_mia_and_transformers_family(run, tmp_path):
+    output_dir, results, config, _ = run
+    results["after"]["forget_accuracy"] = None  # no test images of the forgotten class
+    results["stopped_at_step"] = None
+    results["after"]["mia"] = {"entropy_svc": 12.5, "loss_logistic": None}
+    results["retrain"] = {"forget_accuracy": 0.0, "retain_accuracy": 91.25, "forget_train_accuracy": 0.0}
+    base_dir = tmp_path / "local-base"
+    base_dir.mkdir()
+    (base_dir / "README.md").write_text("---\nlicense: mit\n---\n# Local base\n")
+
+    card = write_model_card(str(output_dir), results, config, str(base_dir), "transformers", None, None)
+    loaded = ModelCard.load(output_dir / "README.md")
+
+    assert loaded.data.license == "mit"  # carried from the local base model's card
+    assert loaded.data.base_model is None  # a local folder is not a Hub id
+    assert loaded.data.library_name == "transformers" and "timm" not in loaded.data.tags
+    evals = {result.metric_name: result.metric_value for result in loaded.data.eval_results}
+    assert METRIC_NAMES["forget_accuracy"] not in evals  # None is not reported as a number
+    assert evals[METRIC_NAMES["retain_accuracy"]] == pytest.approx(results["after"]["retain_accuracy"])
+    assert [value for name, value in evals.items() if "entropy_svc" in name] == [12.5]
+    assert not any("loss_logistic" in name for name in evals)
+
+    rows = table_rows(loaded.text)
+    assert rows[ACCURACY_ROWS[0][0]][1:] == ["n/a", "0.00"]  # after: n/a, retrain reference: 0.00
+    assert rows[ACCURACY_ROWS[1][0]][2] == "91.25"
+    assert "Retrain from scratch (reference)" in loaded.text
+    assert re.search(r"entropy_svc.*\| 12\.50 \|", loaded.text)
+    assert "was **not** met" in loaded.text
+    assert f"| {results['forget_classes'][0]} | (unnamed) |" in loaded.text  # the checkpoint named no classes
+    assert f'AutoModelForImageClassification.from_pretrained("{output_dir.name}")' in loaded.text
+    assert str(loaded) == str(card)
+
+
+def test_license_is_carried_from_the_base_models_card_in_the_hf_cache(run, tmp_path, monkeypatch):
+    output_dir, results, config, names = run
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "README.md").write_text("---\nlicense: cc-by-nc-4.0\n---\n# Base\n")
+    cache = tmp_path / "hf_cache"
+    populate_hf_cache(str(cache), "org/licensed-base", str(base))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+    write_model_card(str(output_dir), results, config, "org/licensed-base", "timm", names, None)
+    loaded = ModelCard.load(output_dir / "README.md")
+    assert loaded.data.license == "cc-by-nc-4.0"
+    assert loaded.data.base_model == "org/licensed-base"
+    # Offline with no cached card: written all the same, without a license.
+    write_model_card(str(output_dir), results, config, "org/not-cached", "timm", names, None)
+    assert ModelCard.load(output_dir / "README.md").data.license is None
+
+
+def test_unknown_family_is_refused(run):
+    output_dir, results, config, names = run
+    with pytest.raises(ValueError, match="'timm' or 'transformers'"):
+        write_model_card(str(output_dir), results, config, "org/x", "keras", names, None, base_card=BASE_CARD)

@@ -1,0 +1,90 @@
+"""A real PBU run in seconds, for the card and push tests: a tiny timm ResNet trained briefly on a slice of
+scikit-learn's digits, then class 3 unlearned by `hf_pbu.pipeline.unlearn`, saved as the script saves it."""
+
+import functools
+import os
+import tempfile
+
+import timm
+import torch
+from datasets import DatasetDict
+from timm.models import save_for_hf
+from transformers import TrainingArguments
+
+from hf_pbu import PBUConfig
+from hf_pbu.classifier_training import ClassifierTrainer
+from hf_pbu.data import class_names, digits_dataset, unlearning_splits, with_image_transform
+from hf_pbu.demo import DIGITS_PRETRAINED_CFG, eval_transform
+from hf_pbu.pipeline import save_results, unlearn
+
+FORGET_CLASSES = [3]
+_FOLDERS: list[tempfile.TemporaryDirectory] = []  # alive until the interpreter exits, then removed
+
+
+def tiny_unlearning_run(output_dir: str) -> tuple[dict, PBUConfig, list[str]]:
+    """Train, unlearn, save weights and `unlearning_results.json` in `output_dir`; (results, config, names).
+
+    Runs on one CPU thread: a model this small gains nothing from two, and on a busy 2-core machine the
+    threads' synchronisation made each step ~50x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run(output_dir)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(output_dir: str) -> tuple[dict, PBUConfig, list[str]]:
+    torch.manual_seed(0)
+    digits = digits_dataset()
+    data = DatasetDict(train=digits["train"].select(range(300)), test=digits["test"].select(range(100)))
+    names = class_names(data["train"])
+    model = timm.create_model(
+        "test_resnet",
+        pretrained=False,
+        num_classes=len(names),
+        pretrained_cfg_overlay={**DIGITS_PRETRAINED_CFG, "label_names": tuple(names)},
+    )
+    transform = eval_transform(model)
+    train_args = TrainingArguments(
+        output_dir=os.path.join(output_dir, "checkpoints"),
+        num_train_epochs=5,
+        learning_rate=3e-3,
+        per_device_train_batch_size=32,
+        save_strategy="no",
+        report_to="none",
+        remove_unused_columns=False,
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    ClassifierTrainer(
+        model=model, args=train_args, train_dataset=with_image_transform(data["train"], transform)
+    ).train()
+
+    splits = {
+        k: with_image_transform(v, transform)
+        for k, v in unlearning_splits(data, FORGET_CLASSES, retain_train_samples=100).items()
+    }
+    config = PBUConfig(
+        output_dir=output_dir,
+        num_train_epochs=5,
+        per_device_train_batch_size=16,
+        per_device_eval_batch_size=128,
+        fisher_cache_dir="none",
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    trainer, results = unlearn(model, config, splits, FORGET_CLASSES)
+    save_for_hf(trainer.model.cpu(), output_dir, safe_serialization=True)
+    save_results(results, output_dir)
+    return results, config, names
+
+
+@functools.cache
+def shared_unlearning_run() -> tuple[str, dict, PBUConfig, list[str]]:
+    """`tiny_unlearning_run` once per test session, in a temporary folder: copy it before changing it."""
+    folder = tempfile.TemporaryDirectory(prefix="hf_pbu_tiny_run_")
+    _FOLDERS.append(folder)
+    return (folder.name, *tiny_unlearning_run(folder.name))
