@@ -255,9 +255,12 @@ def compute_fisher_diagonal(
     if count.item() == 0:
         raise ValueError("The Fisher needs at least one forget image; the dataloader was empty.")
     if top_mass is not None:
-        logger.info(f"Fisher over the classes covering {top_mass:.4g} of each image's probability: uncovered mass "
-                    f"eps mean {uncovered_sum.item() / count.item():.3g}, max {uncovered_max.item():.3g} (max on this rank).")
+        logger.info(
+            f"Fisher over the classes covering {top_mass:.4g} of each image's probability: uncovered mass eps "
+            f"mean {uncovered_sum.item() / count.item():.3g}, max {uncovered_max.item():.3g} (max on this rank)."
+        )
     return {name: value / count.float() for name, value in sums.items()}
+
 
 def model_fingerprint(model: nn.Module) -> str:
     """sha256 of the model's state dict (names, dtypes and bytes)."""

@@ -18,9 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Per-image gradients cost P multiply-adds per weight and direction plus about this many multiply-adds' worth of
-# memory traffic (squaring and summing them); the pair formulation costs P(P+1)/2 per weight whatever the number
-# of directions. Measured on CPU (digits ResNet-18).
+# Cost model (per image) choosing between the two forms, in multiply-adds, with an elementwise memory-bound
+# operation counted as this many (measured on CPU with the digits ResNet-18):
+#   per-image gradients: K (P Out In + c Out In)     (batched GEMM, then squaring and summing)
+#   pairs:               Pp (Out In + c K Out + c In) (one GEMM, after the pair products of both sides)
+# for K directions, P positions, Pp = P(P+1)/2 pairs.
 PER_IMAGE_GRADIENT_MEMORY_COST = 8
 # Output gradients of one layer kept across directions before they are folded in; bounds the extra memory.
 PENDING_BUDGET_BYTES = 1 << 26
@@ -140,11 +142,17 @@ def _positions(module: nn.Module, x: torch.Tensor, unfold: bool) -> torch.Tensor
     return x.reshape(batch, module.groups, x.shape[1] // module.groups, -1).transpose(-1, -2)
 
 
+def _pairs_are_cheaper(positions: int, directions: int, out_features: int, in_features: int) -> bool:
+    """The cost model above."""
+    pairs, cost = positions * (positions + 1) // 2, PER_IMAGE_GRADIENT_MEMORY_COST
+    per_image_cost = directions * (positions + cost) * out_features * in_features
+    return pairs * (out_features * in_features + cost * (directions * out_features + in_features)) <= per_image_cost
+
+
 def _weight_squares(grads: list[torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
     """sum over images b and directions k of (sum_p g_bkp^T a_bp)^2, as [groups, Out, In]."""
-    positions = inputs.shape[2]
-    pair_count = positions * (positions + 1) // 2
-    if pair_count <= len(grads) * (positions + PER_IMAGE_GRADIENT_MEMORY_COST):
+    positions, directions, out_features = inputs.shape[2], len(grads), grads[0].shape[-1]
+    if _pairs_are_cheaper(positions, directions, out_features, inputs.shape[-1]):
         # (sum_p g_p a_p)^2 = sum_{p<=q} c_pq (g_p g_q)(a_p a_q): the directions fold into the g side first.
         first, second = torch.triu_indices(positions, positions, device=inputs.device)
         scale = torch.where(first == second, 1.0, 2.0).to(inputs.dtype).view(1, 1, -1, 1)
@@ -152,7 +160,7 @@ def _weight_squares(grads: list[torch.Tensor], inputs: torch.Tensor) -> torch.Te
         a_pairs = inputs[:, :, first] * inputs[:, :, second] * scale
         return torch.einsum("bgko,bgki->goi", g_pairs, a_pairs)
     g = torch.stack(grads, 2).transpose(-1, -2)  # [B, G, K, Out, P]
-    batch, groups, directions, out_features, _ = g.shape
+    batch, groups = g.shape[:2]
     g = g.reshape(batch, groups, directions * out_features, positions)
     per_image = groups * directions * out_features * inputs.shape[-1] * g.element_size()
     chunk = max(1, min(batch, CHUNK_BUDGET_BYTES // per_image))
