@@ -219,3 +219,20 @@ def test_digits_run_under_accelerate_with_two_processes(digits_model, digits_ima
 
 def test_invalid_pbu_setting_is_one_line(base_args):
     assert "alpha, beta and gamma must be non-negative" in _error([*base_args, "--forget_class", "1", "--alpha", "-1"])
+
+
+def test_failed_push_keeps_the_saved_model_card_and_results(offline, tiny_imagefolder, tmp_path, monkeypatch, capsys):
+    """--push_to_hub with no token: one clear error, non-zero exit, and the local output folder complete."""
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        _script().main(["--model_id", TINY_REPOS["timm"], "--dataset_name", "imagefolder", "--dataset_dir",
+                        tiny_imagefolder, "--forget_class", "digit_1", "--output_dir", str(out), "--push_to_hub",
+                        "--hub_model_id", "me/tiny-unlearned", *FAST])
+    message = str(exit_info.value.code)
+    assert message.startswith("error: ") and "token" in message.lower() and "hf upload" in message
+    for name in ("README.md", RESULTS_FILE, "config.json", "model.safetensors"):
+        assert (out / name).is_file(), name
+    assert "me/tiny-unlearned" in (out / "README.md").read_text()
+    assert "Forgot digit_1" in capsys.readouterr().out
