@@ -4,5 +4,5 @@ from .config import PBUConfig
 from .fisher import compute_fisher_diagonal
 from .trainer import ForgetStopCallback, NonFiniteLossError, PBUTrainer
 
-__all__ = ["PBUConfig", "PBUTrainer", "ForgetStopCallback", "NonFiniteLossError", "compute_fisher_diagonal"]
+__all__ = ["ForgetStopCallback", "NonFiniteLossError", "PBUConfig", "PBUTrainer", "compute_fisher_diagonal"]
 __version__ = "0.1.0"

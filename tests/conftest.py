@@ -1,6 +1,5 @@
 """Shared offline fixtures: tiny Hub models (HF cache and an `olah` server), digits image folders."""
 
-import os
 
 import pytest
 from datasets import DatasetDict
@@ -71,9 +70,9 @@ def digits_imagefolder(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
-def digits_model() -> str:
-    """The demo's digits ResNet-18 (timm layout), trained once (~40 s) into outputs/ and reused afterwards."""
+def digits_model(tmp_path_factory) -> str:
+    """The demo's digits ResNet-18 (timm layout), trained afresh with the current recipe (~40 s) for this session:
+    a copy kept under outputs/ may come from an older recipe."""
     from hf_pbu.demo import train_digits_model
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return train_digits_model(os.path.join(root, "outputs", "digits-resnet18"))
+    return train_digits_model(str(tmp_path_factory.mktemp("digits-resnet18")))

@@ -13,7 +13,7 @@ from hf_pbu import compute_fisher_diagonal
 
 SCRIPTS = Path(__file__).parent / "scripts"
 sys.path.insert(0, str(SCRIPTS))
-from distributed_fisher import fixture  # noqa: E402
+from distributed_fisher import fixture
 
 
 def accelerate_launch(script: Path, *args: str, processes: int = 2) -> subprocess.CompletedProcess:

@@ -1,8 +1,8 @@
 """The diagonal Fisher against brute-force, one image and one class at a time."""
 
 import torch
-from torch.utils.data import DataLoader
 from tiny_models import DictDataset, TinyConvNet, random_images, trained_bn_stats
+from torch.utils.data import DataLoader
 
 from hf_pbu import compute_fisher_diagonal
 from hf_pbu.fisher import load_or_compute_fisher

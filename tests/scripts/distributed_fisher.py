@@ -12,10 +12,10 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tiny_models import DictDataset, TinyConvNet, random_images, trained_bn_stats  # noqa: E402
+from tiny_models import DictDataset, TinyConvNet, random_images, trained_bn_stats
 
-from hf_pbu import compute_fisher_diagonal  # noqa: E402
-from hf_pbu.distributed import shard  # noqa: E402
+from hf_pbu import compute_fisher_diagonal
+from hf_pbu.distributed import shard
 
 
 def fixture(n: int = 7):
