@@ -1,0 +1,184 @@
+"""PBU against the baselines: one cell = (method, forget class, seed) on a trained base model.
+
+A cell copies the base model, runs the method on the data it declares it needs, and measures A_Df (forget test
+accuracy), A_Dr (retain test accuracy), the membership-inference rate on the forget training data and the wall time.
+`summarise` and `markdown_section` turn the raw records into the paper's table.
+"""
+
+import copy
+import dataclasses
+import hashlib
+import json
+import time
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import torch
+from datasets import DatasetDict
+from torch import nn
+
+from .baselines import METHODS
+from .data import split_by_classes, unlearning_splits, with_image_transform
+from .mia import membership_inference
+from .pipeline import measure
+
+SECTION_TITLE = "## Quality: PBU vs baselines (issue 5)"
+
+
+def cell_splits(data: DatasetDict, transform, forget_class: int, mia_members: int, seed: int = 0) -> dict:
+    """Transformed splits of one forget class: forget_train, forget_test, retain_test, retain_train (a fixed sample:
+    the MIA's members) and retain_train_all (all retained training data, for the methods that need it)."""
+    splits = unlearning_splits(data, [forget_class], retain_train_samples=mia_members, seed=seed)
+    splits["retain_train_all"] = split_by_classes(data["train"], [forget_class])[1]
+    return {name: with_image_transform(split, transform) for name, split in splits.items()}
+
+
+def config_summary(config: Any) -> dict:
+    """The JSON-friendly fields of a method's config (TrainingArguments reduced to what shapes the run)."""
+    if hasattr(config, "to_dict") and hasattr(config, "alpha"):  # PBUConfig
+        keys = ("alpha", "beta", "gamma", "learning_rate", "per_device_train_batch_size", "num_train_epochs",
+                "fisher_estimator", "stop_forget_accuracy", "stop_check_steps", "freeze_batchnorm", "seed")
+        full = config.to_dict()
+        return {key: full[key] for key in keys}
+    summary = {}
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if hasattr(value, "to_dict"):  # a TrainingArguments recipe
+            full = value.to_dict()
+            value = {k: full[k] for k in ("num_train_epochs", "learning_rate", "per_device_train_batch_size",
+                                          "lr_scheduler_type", "weight_decay", "optim")}
+        summary[field.name] = value
+    return summary
+
+
+def config_key(summary: dict) -> str:
+    return hashlib.sha256(json.dumps(summary, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_cell(method_name: str, config: Any, base_model: nn.Module, splits: dict, eval_batch_size: int, seed: int) -> dict:
+    """Unlearn with one method on a copy of `base_model` and measure the result."""
+    method = METHODS[method_name]
+    forget = splits["forget_train"] if method.needs_forget else None
+    retain = splits["retain_train_all"] if method.needs_retain else None
+    model = copy.deepcopy(base_model)
+    torch.manual_seed(seed)
+    start = time.perf_counter()
+    model = method.unlearn(model, forget, retain, config)
+    seconds = time.perf_counter() - start
+    model.eval()
+    metrics = measure(model, splits, eval_batch_size)
+    mia = membership_inference(model, splits, eval_batch_size, seed)
+    return {**metrics, "mia": mia, "seconds": seconds}
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return float(np.mean(values)), float(np.std(values))
+
+
+def summarise(records: list[dict]) -> dict[tuple[str, int], dict]:
+    """Per (method, forget class): mean and std over seeds of every figure, and the seeds used."""
+    groups = defaultdict(list)
+    for record in records:
+        groups[(record["method"], record["forget_class"])].append(record)
+    summary = {}
+    for key, group in groups.items():
+        summary[key] = {
+            "seeds": sorted(r["seed"] for r in group),
+            "data_needed": group[0]["data_needed"],
+            "forget_accuracy": mean_std([r["forget_accuracy"] for r in group]),
+            "retain_accuracy": mean_std([r["retain_accuracy"] for r in group]),
+            "forget_train_accuracy": mean_std([r["forget_train_accuracy"] for r in group]),
+            "seconds": mean_std([r["seconds"] for r in group]),
+            "max_forget_accuracy": max(r["forget_accuracy"] for r in group),
+        }
+        mias = [r["mia"] for r in group if r.get("mia")]
+        if mias:
+            for attack in mias[0]:
+                summary[key][f"mia_{attack}"] = mean_std([m[attack] for m in mias])
+    return summary
+
+
+def _pm(value: tuple[float, float] | None, digits: int = 1) -> str:
+    return "n/a" if value is None else f"{value[0]:.{digits}f} ± {value[1]:.{digits}f}"
+
+
+def markdown_table(results: dict, class_names: list[str]) -> str:
+    """The paper's table (per method and forget class) and PBU's A_Dr gap to retraining, as markdown."""
+    summary = summarise(results["records"])
+    classes = sorted({key[1] for key in summary})
+    lines = [
+        "| Method | Data needed | Forget class | A_Df (%) | A_Dr (%) | MIA SVC (%) | MIA LR (%) | Time (s) | Seeds |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for forget_class in classes:
+        before = results["original"][str(forget_class)]
+        mia = before.get("mia") or {}
+        lines.append(
+            f"| original (before) | – | {forget_class} ({class_names[forget_class]}) | "
+            f"{before['forget_accuracy']:.1f} | {before['retain_accuracy']:.1f} | "
+            f"{mia.get('entropy_svc', float('nan')):.1f} | {mia.get('loss_logistic', float('nan')):.1f} | – | – |"
+        )
+        for method in METHODS:
+            row = summary.get((method, forget_class))
+            if row is None:
+                lines.append(f"| {method} | {METHODS[method].data_needed} | {forget_class} | not run | | | | | |")
+                continue
+            lines.append(
+                f"| {method} | {row['data_needed']} | {forget_class} ({class_names[forget_class]}) | "
+                f"{_pm(row['forget_accuracy'])} | {_pm(row['retain_accuracy'])} | "
+                f"{_pm(row.get('mia_entropy_svc'))} | {_pm(row.get('mia_loss_logistic'))} | "
+                f"{_pm(row['seconds'], 0)} | {','.join(map(str, row['seeds']))} |"
+            )
+    lines += ["", "PBU against the retrain oracle (mean over seeds; gap = PBU A_Dr − retrain A_Dr):", "",
+              "| Forget class | PBU A_Df max over seeds (%) | PBU A_Dr (%) | Retrain A_Dr (%) | A_Dr gap (points) |",
+              "|---|---|---|---|---|"]
+    for forget_class in classes:
+        pbu, oracle = summary.get(("pbu", forget_class)), summary.get(("retrain", forget_class))
+        if pbu is None:
+            continue
+        gap = "n/a" if oracle is None else f"{pbu['retain_accuracy'][0] - oracle['retain_accuracy'][0]:+.1f}"
+        lines.append(
+            f"| {forget_class} ({class_names[forget_class]}) | {pbu['max_forget_accuracy']:.1f} | "
+            f"{_pm(pbu['retain_accuracy'])} | {_pm(oracle['retain_accuracy']) if oracle else 'n/a'} | {gap} |"
+        )
+    return "\n".join(lines)
+
+
+def replace_section(document: str, section: str) -> str:
+    """`document` with the SECTION_TITLE section (up to the next `## ` heading) replaced by `section`."""
+    start = document.find(SECTION_TITLE)
+    if start == -1:
+        return document.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
+    end = document.find("\n## ", start + len(SECTION_TITLE))
+    tail = "" if end == -1 else document[end:]
+    return document[:start] + section.rstrip("\n") + "\n" + tail
+
+
+def plot(results: dict, path: str, title: str) -> None:
+    """A_Dr against A_Df, one marker per method and forget class (mean ± std over seeds)."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError("The benchmark plot needs matplotlib: `pip install -e .[bench]`.") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = summarise(results["records"])
+    markers = "o^sPDvX*"
+    figure, axis = plt.subplots(figsize=(6.5, 4.5))
+    for index, method in enumerate(m for m in METHODS if any(key[0] == m for key in summary)):
+        rows = [row for key, row in summary.items() if key[0] == method]
+        axis.errorbar(
+            [r["forget_accuracy"][0] for r in rows], [r["retain_accuracy"][0] for r in rows],
+            xerr=[r["forget_accuracy"][1] for r in rows], yerr=[r["retain_accuracy"][1] for r in rows],
+            fmt=markers[index % len(markers)], label=method, capsize=2, alpha=0.85,
+        )
+    axis.set_xlabel("A_Df: accuracy on the forgotten class, test (%)  — lower is better")
+    axis.set_ylabel("A_Dr: accuracy on retained classes, test (%)")
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8, loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

@@ -1,0 +1,250 @@
+"""PBU against retrain, fine-tune, UNSIR, Bad Teaching, SSD and SCRUB: methods x forget classes x seeds.
+
+    python scripts/benchmark.py --dataset digits --forget_classes 2 6 8 --seeds 0 1 2 [any PBUConfig flag]
+    python scripts/benchmark.py --dataset fashion_mnist --forget_classes 0 6 9 --seeds 0
+
+Trains (once, cached under outputs/) the base model, then runs every cell, appending one record per cell to
+benchmarks/quality_<dataset>.json; a rerun skips the cells already there with the same hyperparameters. After every
+cell it rewrites the plot benchmarks/quality_<dataset>.png and the section "Quality: PBU vs baselines" of
+benchmarks/RESULTS.md. Fashion-MNIST needs Debian's `dataset-fashion-mnist` package.
+"""
+
+import dataclasses
+import fcntl
+import json
+import os
+import shlex
+import sys
+import tempfile
+from dataclasses import dataclass, field
+
+import timm
+from transformers import HfArgumentParser
+from transformers.utils import logging
+
+from hf_pbu import PBUConfig
+from hf_pbu.baselines import METHODS
+from hf_pbu.benchmark import (
+    SECTION_TITLE,
+    cell_splits,
+    config_key,
+    config_summary,
+    markdown_table,
+    plot,
+    replace_section,
+    run_cell,
+)
+from hf_pbu.data import class_names, digits_dataset
+from hf_pbu.demo import eval_transform, train_digits_model, training_recipe
+from hf_pbu.fashion_mnist import DEFAULT_DIR, fashion_mnist_dataset, train_fashion_mnist_model
+from hf_pbu.mia import membership_inference
+from hf_pbu.pipeline import measure
+
+logger = logging.get_logger(__name__)
+
+DATASETS = {
+    "digits": "scikit-learn digits (8x8 upsampled to 32x32; 1,437 train / 360 test), timm ResNet-18 (11.2M parameters) "
+    "trained 12 epochs by `hf_pbu.demo.train_digits_model`",
+    "fashion_mnist": "Fashion-MNIST (28x28 upsampled to 32x32; 60,000 train / 10,000 test), quarter-width timm ResNet-18 "
+    "(channels 16-32-64-128, 0.7M parameters) trained {epochs:g} epochs by `hf_pbu.fashion_mnist.train_fashion_mnist_model`",
+}
+
+
+@dataclass
+class BenchmarkArguments:
+    dataset: str = field(default="digits", metadata={"help": "Benchmark data.", "choices": list(DATASETS)})
+    methods: list[str] = field(default_factory=lambda: list(METHODS), metadata={"help": f"Among {list(METHODS)}."})
+    forget_classes: list[int] = field(default_factory=lambda: [2, 6, 8], metadata={"help": "Class ids, one per cell."})
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "Seeds of the unlearning runs."})
+    base_model_dir: str | None = field(
+        default=None, metadata={"help": "Where the base model is trained and cached (default: outputs/<dataset>-...)."}
+    )
+    base_epochs: float = field(default=2, metadata={"help": "Epochs of the Fashion-MNIST base model (and retrain)."})
+    fashion_mnist_dir: str = field(default=DEFAULT_DIR, metadata={"help": "Folder of the Fashion-MNIST idx files."})
+    mia_members: int = field(default=2000, metadata={"help": "Retained training images used as MIA members."})
+    eval_batch_size: int = field(default=256, metadata={"help": "Batch size of the accuracy and MIA passes."})
+    results_dir: str = field(default="benchmarks", metadata={"help": "Where the JSON, PNG and RESULTS.md go."})
+
+
+def load_base(args: BenchmarkArguments):
+    """(data, base model, retrain recipe factory, description) of the chosen dataset."""
+    if args.dataset == "digits":
+        data = digits_dataset()
+        model_dir = train_digits_model(args.base_model_dir or "outputs/digits-resnet18")
+        epochs = 12
+    else:
+        data = fashion_mnist_dataset(args.fashion_mnist_dir)
+        model_dir = args.base_model_dir or f"outputs/fashion-mnist-resnet18q-{args.base_epochs:g}ep"
+        train_fashion_mnist_model(model_dir, data, epochs=args.base_epochs)
+        epochs = args.base_epochs
+    model = timm.create_model(f"local-dir:{model_dir}", pretrained=True).eval()
+    return data, model, lambda seed: training_recipe(tempfile.mkdtemp(prefix="retrain_"), epochs, seed), epochs
+
+
+def method_config(name: str, seed: int, pbu_config: PBUConfig, recipe):
+    if name == "pbu":
+        # Fisher cache off so that every cell's wall time includes its Fisher; no per-step logs.
+        return dataclasses.replace(
+            pbu_config, seed=seed, fisher_cache_dir="none", logging_strategy="no", disable_tqdm=True, report_to="none"
+        )
+    if name == "retrain":
+        return METHODS[name].config_class(training_args=recipe(seed), seed=seed)
+    return METHODS[name].config_class(seed=seed)
+
+
+def load_results(path: str) -> dict:
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    return {"records": [], "original": {}}
+
+
+def save_records(path: str, meta: dict, new_records: list[dict]) -> dict:
+    """Merge this run's metadata and records into the JSON on disk, under a lock: several runs (e.g. the slow
+    retrain cells in a second process) may add cells to the same file at once. Returns the merged results."""
+    with open(os.path.join(tempfile.gettempdir(), f"{os.path.basename(path)}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = load_results(path)
+        replaced = {(r["method"], r["forget_class"], r["seed"]) for r in new_records}
+        results["records"] = [
+            r for r in results["records"] if (r["method"], r["forget_class"], r["seed"]) not in replaced
+        ] + new_records
+        results["commands"] = [c for c in results.get("commands", []) if c != meta["command"]] + [meta["command"]]
+        results["configs"] = {**results.get("configs", {}), **meta["configs"]}
+        results["original"] = {**results.get("original", {}), **meta["original"]}
+        results.update({k: meta[k] for k in ("description", "class_names", "plot")})
+        partial = f"{path}.{os.getpid()}.tmp"
+        with open(partial, "w") as f:
+            json.dump(results, f, indent=1)
+        os.replace(partial, path)
+    return results
+
+
+def pbu_config_lines(records: list[dict]) -> list[str]:
+    """One line per distinct PBU config (seed aside), with the cells that used it."""
+    groups: dict[str, list[str]] = {}
+    for record in records:
+        if record["method"] == "pbu":
+            config = json.dumps({k: v for k, v in record["config"].items() if k != "seed"})
+            groups.setdefault(config, []).append(f"class {record['forget_class']} seed {record['seed']}")
+    return [f"- `{config}`: {', '.join(cells)}" for config, cells in groups.items()]
+
+
+def dataset_section(dataset: str, results: dict, names: list[str]) -> str:
+    hyper = results["configs"]
+    lines = [
+        f"### {dataset}", "",
+        f"Base model: {results['description']}.", "",
+        (
+            "Produced by these runs, in order (each resumes the JSON and adds its cells; a cell recomputed with "
+            "other hyperparameters replaces the earlier one; every record's config is in the JSON):"
+        ), "",
+        *[f"    {command}" for command in results["commands"]], "",
+        (
+            "PBU hyperparameters (the `PBUConfig` defaults at the time of each run; they changed between runs "
+            "where more than one line is listed):"
+        ), "",
+        *pbu_config_lines(results["records"]), "",
+        "Baselines (each paper's defaults): " + "; ".join(
+            f"{name}: `{json.dumps(cfg)}`" for name, cfg in hyper.items() if name != "pbu"
+        ), "",
+        markdown_table(results, names), "",
+        f"![A_Dr vs A_Df]({os.path.basename(results['plot'])})", "",
+    ]
+    return "\n".join(lines)
+
+
+def write_markdown(results_dir: str) -> None:
+    """Regenerate this benchmark's section of RESULTS.md from every dataset's JSON."""
+    parts = [
+        SECTION_TITLE, "",
+        (
+            "Class unlearning on real images, one forget class at a time. A_Df: test accuracy on the forgotten "
+            "class (0 is ideal); A_Dr: test accuracy on the other classes (the retrain oracle's value is ideal). "
+            "MIA: share (%) of forget-training images that a membership-inference attack fitted on retained train "
+            "(members) vs retained test (non-members) calls members (`hf_pbu.mia`: SVC on the softmax entropy as in "
+            "the PBU reference code, and logistic regression on loss features); lower means the forget data looks "
+            "unseen. Time: wall seconds of the method alone (PBU's includes its Fisher: cache off), one torch thread "
+            "(`OMP_NUM_THREADS=1`) on a 2-core CPU shared with other jobs, so only roughly comparable. Mean ± std "
+            "over seeds; the seed changes the unlearning run (data order, noise, random teacher, retrain "
+            "initialisation), not the base model; SSD is deterministic and runs once per class. Data needed: PBU sees "
+            "only the forget data."
+        ), "",
+    ]
+    for dataset in DATASETS:
+        path = os.path.join(results_dir, f"quality_{dataset}.json")
+        if os.path.exists(path):
+            results = load_results(path)
+            parts.append(dataset_section(dataset, results, results["class_names"]))
+    md_path = os.path.join(results_dir, "RESULTS.md")
+    document = "# hf-pbu benchmarks\n"
+    if os.path.exists(md_path):
+        with open(md_path) as f:
+            document = f.read()
+    with open(md_path, "w") as f:
+        f.write(replace_section(document, "\n".join(parts)))
+
+
+def main() -> None:
+    logging.set_verbosity_warning()
+    parser = HfArgumentParser((BenchmarkArguments, PBUConfig))
+    args, pbu_config = parser.parse_args_into_dataclasses(
+        args=sys.argv[1:] + ([] if "--output_dir" in sys.argv else ["--output_dir", "outputs/benchmark/pbu"])
+    )
+    unknown = sorted(set(args.methods) - set(METHODS))
+    if unknown:
+        raise SystemExit(f"Unknown methods {unknown}; choose among {list(METHODS)}.")
+    os.makedirs(args.results_dir, exist_ok=True)
+    json_path = os.path.join(args.results_dir, f"quality_{args.dataset}.json")
+    png_path = os.path.join(args.results_dir, f"quality_{args.dataset}.png")
+
+    data, base_model, recipe, epochs = load_base(args)
+    names = class_names(data["train"])
+    transform = eval_transform(base_model)
+    results = load_results(json_path)
+    meta = {
+        "command": "python scripts/benchmark.py " + shlex.join(sys.argv[1:]),
+        "description": DATASETS[args.dataset].format(epochs=epochs),
+        "class_names": names,
+        "plot": png_path,
+        "configs": {name: config_summary(method_config(name, 0, pbu_config, recipe)) for name in args.methods},
+        "original": {},
+    }
+    new_records: list[dict] = []
+    cells = [(0 if METHODS[m].deterministic else seed, c, m)
+             for seed in args.seeds for c in args.forget_classes for m in args.methods]
+    cells = list(dict.fromkeys(cells))  # deterministic methods run once per class
+    progress = logging.tqdm(cells, desc=f"benchmark {args.dataset}")
+    splits_cache: dict[int, dict] = {}
+    for seed, forget_class, method in progress:
+        progress.set_postfix_str(f"{method} class {forget_class} seed {seed}")
+        config = method_config(method, seed, pbu_config, recipe)
+        key = config_key(config_summary(config))
+        results = load_results(json_path)  # re-read: another run may have finished this cell meanwhile
+        if any((r["method"], r["forget_class"], r["seed"], r["config_key"]) == (method, forget_class, seed, key)
+               for r in results["records"]):
+            continue
+        if forget_class not in splits_cache:
+            splits_cache = {forget_class: cell_splits(data, transform, forget_class, args.mia_members)}
+        splits = splits_cache[forget_class]
+        if str(forget_class) not in results["original"] and str(forget_class) not in meta["original"]:
+            original = measure(base_model, splits, args.eval_batch_size)
+            original["mia"] = membership_inference(base_model, splits, args.eval_batch_size)
+            meta["original"][str(forget_class)] = original
+        record = run_cell(method, config, base_model, splits, args.eval_batch_size, seed)
+        record.update(method=method, forget_class=forget_class, seed=seed, config_key=key,
+                      data_needed=METHODS[method].data_needed, config=config_summary(config))
+        new_records.append(record)
+        logger.warning(f"{method} class {forget_class} seed {seed}: A_Df {record['forget_accuracy']:.1f} "
+                       f"A_Dr {record['retain_accuracy']:.1f} ({record['seconds']:.0f} s)")
+        merged = save_records(json_path, meta, new_records)
+        plot(merged, png_path, f"{args.dataset}: A_Dr vs A_Df (mean ± std over seeds)")
+        write_markdown(args.results_dir)
+    merged = save_records(json_path, meta, new_records)
+    plot(merged, png_path, f"{args.dataset}: A_Dr vs A_Df (mean ± std over seeds)")
+    write_markdown(args.results_dir)
+    print(f"Results: {json_path}, {png_path}, {os.path.join(args.results_dir, 'RESULTS.md')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""Every unlearning method on a tiny timm ResNet and a few hundred real digits: it runs, lowers the forget accuracy,
+and reads only the data its `data_needed` declares."""
+
+import copy
+import dataclasses
+
+import pytest
+import timm
+import torch
+from torch.utils.data import Dataset
+from transformers import TrainingArguments
+
+from hf_pbu import PBUConfig
+from hf_pbu.baselines import METHODS
+from hf_pbu.baselines.bad_teaching import BadTeachingConfig
+from hf_pbu.baselines.finetune import FinetuneConfig
+from hf_pbu.baselines.retrain import RetrainConfig
+from hf_pbu.baselines.scrub import SCRUBConfig
+from hf_pbu.baselines.ssd import SSDConfig, dampen
+from hf_pbu.baselines.unsir import UNSIRConfig
+from hf_pbu.classifier_training import ClassifierTrainer
+from hf_pbu.data import digits_dataset, split_by_classes, with_image_transform
+from hf_pbu.demo import eval_transform
+from hf_pbu.metrics import accuracy
+
+FORGET_CLASS = 3
+
+
+class GuardedDataset(Dataset):
+    """Counts reads, or fails the test at the first read when the method declared it does not need this data."""
+
+    def __init__(self, dataset: Dataset, name: str, allowed: bool):
+        self.dataset, self.name, self.allowed, self.reads = dataset, name, allowed, 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        if not self.allowed:
+            raise AssertionError(f"The method read {self.name}, which its `data_needed` says it does not use.")
+        self.reads += 1
+        return self.dataset[index]
+
+
+def quiet_args(tmp_path, **kwargs) -> dict:
+    return dict(output_dir=str(tmp_path), report_to="none", save_strategy="no", logging_strategy="no",
+                disable_tqdm=True, remove_unused_columns=False, dataloader_pin_memory=False, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny timm ResNet trained on 400 digits at 16x16, and the forget/retain training data of class 3."""
+    tmp = tmp_path_factory.mktemp("baselines")
+    torch.manual_seed(0)
+    model = timm.create_model(
+        "resnet10t", num_classes=10, channels=(8, 16, 32, 64), stem_width=8,
+        pretrained_cfg_overlay={"input_size": (3, 16, 16), "crop_pct": 1.0, "interpolation": "bilinear",
+                                "mean": (0.5,) * 3, "std": (0.5,) * 3},
+    )
+    train = digits_dataset()["train"].select(range(400))
+    transform = eval_transform(model)
+    recipe = TrainingArguments(**quiet_args(tmp / "base", num_train_epochs=10, learning_rate=3e-3,
+                                            per_device_train_batch_size=32, seed=0))
+    ClassifierTrainer(model=model, args=recipe, train_dataset=with_image_transform(train, transform)).train()
+    forget, retain = (with_image_transform(split, transform) for split in split_by_classes(train, [FORGET_CLASS]))
+    model.eval()
+    assert accuracy(model, forget) > 70, "the tiny base model must know the forget class for the test to mean anything"
+    return model, forget, retain, recipe, tmp
+
+
+def method_configs(tmp_path, recipe: TrainingArguments) -> dict:
+    """Each method's published defaults, shrunk only where a few hundred images leave too few steps to act."""
+    return {
+        "pbu": PBUConfig(**quiet_args(tmp_path / "pbu", per_device_train_batch_size=32, num_train_epochs=10,
+                                      fisher_cache_dir="none", fisher_estimator="empirical")),
+        "retrain": RetrainConfig(training_args=dataclasses.replace(recipe, num_train_epochs=3)),
+        "finetune": FinetuneConfig(epochs=3, batch_size=32),
+        "unsir": UNSIRConfig(batch_size=32, noise_steps=10, retain_per_class=20, repair_epochs=5),
+        "bad_teaching": BadTeachingConfig(epochs=3, batch_size=32, learning_rate=1e-3),
+        "ssd": SSDConfig(),
+        "scrub": SCRUBConfig(learning_rate=1e-2),
+    }
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_method_forgets_and_reads_only_declared_data(setup, tmp_path, name):
+    base, forget, retain, recipe, _ = setup
+    method = METHODS[name]
+    config = method_configs(tmp_path, recipe)[name]
+    guarded_forget = GuardedDataset(forget, "the forget data", method.needs_forget)
+    guarded_retain = GuardedDataset(retain, "the retained data", method.needs_retain)
+    before = accuracy(base, forget)
+
+    unlearned = method.unlearn(copy.deepcopy(base), guarded_forget, guarded_retain, config)
+
+    after = accuracy(unlearned.eval(), forget)
+    assert after < before - 20, f"{name}: forget accuracy {before:.1f}% -> {after:.1f}%"
+    assert (guarded_forget.reads > 0) == method.needs_forget
+    assert (guarded_retain.reads > 0) == method.needs_retain
+
+
+def test_ssd_dampens_only_parameters_specialised_on_the_forget_data():
+    layer = torch.nn.Linear(2, 2, bias=False)
+    torch.nn.init.ones_(layer.weight)
+    full = {"weight": torch.tensor([[1.0, 1.0], [1.0, 1.0]])}
+    forget = {"weight": torch.tensor([[20.0, 5.0], [40.0, 1.0]])}
+
+    changed = dampen(layer, full, forget, alpha=10.0, dampening=1.0)
+
+    assert changed == 2
+    assert torch.allclose(layer.weight, torch.tensor([[1 / 20, 1.0], [1 / 40, 1.0]]))
