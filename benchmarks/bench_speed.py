@@ -170,13 +170,13 @@ def part_retrain(args):
     import timm
 
     from hf_pbu.classifier_training import ClassifierTrainer
-    from hf_pbu.demo import DIGITS_ARCH, DIGITS_PRETRAINED_CFG, training_recipe
+    from hf_pbu.demo import DIGITS_ARCH, SMALL_IMAGE_PRETRAINED_CFG, training_recipe
     from hf_pbu.metrics import accuracy
 
     base, splits, retain_train = digits_setup(args)
     torch.manual_seed(0)
     model = timm.create_model(DIGITS_ARCH, pretrained=False, num_classes=base.num_classes,
-                              pretrained_cfg_overlay=DIGITS_PRETRAINED_CFG)
+                              pretrained_cfg_overlay=SMALL_IMAGE_PRETRAINED_CFG)
     recipe = training_recipe(os.path.join(args.work_dir, "retrain"), seed=0)
     recipe.use_cpu, recipe.disable_tqdm = True, True
     output, times = timed(lambda: ClassifierTrainer(model=model, args=recipe, train_dataset=retain_train).train())

@@ -14,8 +14,9 @@ from .data import class_names, digits_dataset, with_image_transform
 logger = logging.get_logger(__name__)
 
 DIGITS_ARCH = "resnet18"
-# 8x8 digits upsampled to 32x32: the stem's stride-4 downsampling leaves an 8x8 feature map.
-DIGITS_PRETRAINED_CFG = {
+# Small grayscale images (8x8 digits, 28x28 Fashion-MNIST) upsampled to 32x32: the stem's stride-4 downsampling
+# leaves an 8x8 feature map.
+SMALL_IMAGE_PRETRAINED_CFG = {
     "input_size": (3, 32, 32),
     "crop_pct": 1.0,
     "interpolation": "bilinear",
@@ -67,7 +68,7 @@ def train_digits_model(save_directory: str, epochs: float = 12, seed: int = 0) -
         DIGITS_ARCH,
         pretrained=False,
         num_classes=len(names),
-        pretrained_cfg_overlay={**DIGITS_PRETRAINED_CFG, "label_names": tuple(names)},
+        pretrained_cfg_overlay={**SMALL_IMAGE_PRETRAINED_CFG, "label_names": tuple(names)},
     )
     args = training_recipe(os.path.join(save_directory, "checkpoints"), epochs, seed)
     train = with_image_transform(data["train"], eval_transform(model))

@@ -15,7 +15,7 @@ from timm.models import save_for_hf
 
 from .classifier_training import ClassifierTrainer
 from .data import with_image_transform
-from .demo import eval_transform, training_recipe
+from .demo import SMALL_IMAGE_PRETRAINED_CFG, eval_transform, training_recipe
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 CLASS_NAMES = (
@@ -62,13 +62,6 @@ FASHION_ARCH = "resnet18"
 # A quarter-width ResNet-18 (0.7M parameters): the full width takes ~15 min per epoch of the 60k images on a
 # 2-core CPU, this one under a minute. 28x28 images upsampled to 32x32, as for the digits model.
 FASHION_MODEL_ARGS = {"channels": (16, 32, 64, 128), "stem_width": 16}
-FASHION_PRETRAINED_CFG = {
-    "input_size": (3, 32, 32),
-    "crop_pct": 1.0,
-    "interpolation": "bilinear",
-    "mean": (0.5, 0.5, 0.5),
-    "std": (0.5, 0.5, 0.5),
-}
 
 
 def train_fashion_mnist_model(save_directory: str, data: DatasetDict, epochs: float = 4, seed: int = 0) -> str:
@@ -80,7 +73,7 @@ def train_fashion_mnist_model(save_directory: str, data: DatasetDict, epochs: fl
         FASHION_ARCH,
         pretrained=False,
         num_classes=len(CLASS_NAMES),
-        pretrained_cfg_overlay={**FASHION_PRETRAINED_CFG, "label_names": CLASS_NAMES},
+        pretrained_cfg_overlay={**SMALL_IMAGE_PRETRAINED_CFG, "label_names": CLASS_NAMES},
         **FASHION_MODEL_ARGS,
     )
     args = training_recipe(os.path.join(save_directory, "checkpoints"), epochs, seed)

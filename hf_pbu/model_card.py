@@ -187,7 +187,7 @@ def hyperparameters(config: PBUConfig, results: dict) -> list[tuple[str, str]]:
     ]
 
 
-def build_model_card(
+def write_model_card(
     output_dir: str,
     results: dict,
     config: PBUConfig,
@@ -197,7 +197,8 @@ def build_model_card(
     dataset_name: str | None,
     base_card: ModelCard | None = None,
 ) -> ModelCard:
-    """The card of an unlearned model, from a run's results (the dict `hf_pbu.pipeline.unlearn` returns)."""
+    """The card of an unlearned model, from a run's results (the dict `hf_pbu.pipeline.unlearn` returns), saved as
+    `output_dir/README.md` whether or not it is pushed."""
     if family not in ("timm", "transformers"):
         raise ValueError(f"family must be 'timm' or 'transformers', got {family!r}.")
     base_card = base_card or load_base_card(base_model)
@@ -222,7 +223,7 @@ def build_model_card(
         {"id": c, "name": names[c].replace("|", "\\|") if 0 <= c < len(names) else "(unnamed)"}
         for c in results["forget_classes"]
     ]
-    return ModelCard.from_template(
+    card = ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATE_PATH),
         repo_id=repo_id,
@@ -244,22 +245,6 @@ def build_model_card(
         fisher_seconds=f"{results['fisher_seconds']:.1f}",
         unlearn_seconds=f"{results['unlearn_seconds']:.1f}",
         hardware=hardware_description(),
-    )
-
-
-def write_model_card(
-    output_dir: str,
-    results: dict,
-    config: PBUConfig,
-    base_model: str,
-    family: str,
-    label_names: list[str] | None,
-    dataset_name: str | None,
-    base_card: ModelCard | None = None,
-) -> ModelCard:
-    """`build_model_card` and save it as `output_dir/README.md`, push or not."""
-    card = build_model_card(
-        output_dir, results, config, base_model, family, label_names, dataset_name, base_card
     )
     os.makedirs(output_dir, exist_ok=True)
     card.save(os.path.join(output_dir, CARD_FILE))

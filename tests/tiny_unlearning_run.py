@@ -14,7 +14,7 @@ from transformers import TrainingArguments
 from hf_pbu import PBUConfig
 from hf_pbu.classifier_training import ClassifierTrainer
 from hf_pbu.data import class_names, digits_dataset, unlearning_splits, with_image_transform
-from hf_pbu.demo import DIGITS_PRETRAINED_CFG, eval_transform
+from hf_pbu.demo import SMALL_IMAGE_PRETRAINED_CFG, eval_transform
 from hf_pbu.pipeline import save_results, unlearn
 
 FORGET_CLASSES = [3]
@@ -43,7 +43,7 @@ def _run(output_dir: str) -> tuple[dict, PBUConfig, list[str]]:
         "test_resnet",
         pretrained=False,
         num_classes=len(names),
-        pretrained_cfg_overlay={**DIGITS_PRETRAINED_CFG, "label_names": tuple(names)},
+        pretrained_cfg_overlay={**SMALL_IMAGE_PRETRAINED_CFG, "label_names": tuple(names)},
     )
     transform = eval_transform(model)
     train_args = TrainingArguments(
