@@ -179,7 +179,8 @@ def hyperparameters(config: PBUConfig, results: dict) -> list[tuple[str, str]]:
             "Stop criterion",
             (
                 f"forget-train accuracy <= {config.stop_forget_accuracy:g}%, checked every "
-                f"{config.stop_check_steps} step(s) on up to {config.stop_check_max_samples} forget images"
+                f"{config.stop_check_steps} step(s) on up to {config.stop_check_max_samples} forget images, "
+                "confirmed on the whole forget set"
             ),
         ),
         ("BatchNorm statistics frozen", str(config.freeze_batchnorm)),

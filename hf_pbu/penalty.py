@@ -4,34 +4,16 @@ import torch
 from torch import nn
 
 
-class _WeightedSquaredDistance(torch.autograd.Function):
-    """(sum_i w_i d_i^2, sum_i d_i^2) with d = theta - theta*, over lists of tensors with `torch._foreach` kernels;
-    the backward is one multiply of the saved w d."""
-
-    @staticmethod
-    def forward(ctx, anchors: list[torch.Tensor], weights: list[torch.Tensor], *params: torch.Tensor):
-        deltas = torch._foreach_sub([p.float() for p in params], anchors)
-        weighted = torch._foreach_mul(deltas, weights)
-        value = torch.stack([torch.dot(wd.view(-1), d.view(-1)) for wd, d in zip(weighted, deltas)]).sum()
-        squared = torch.stack(torch._foreach_norm(deltas)).square().sum()
-        ctx.save_for_backward(*weighted)
-        ctx.dtypes = [p.dtype for p in params]
-        ctx.mark_non_differentiable(squared)
-        return value, squared
-
-    @staticmethod
-    def backward(ctx, grad_value: torch.Tensor, grad_squared: torch.Tensor):
-        gradients = torch._foreach_mul(ctx.saved_tensors, 2 * grad_value)
-        return None, None, *(g.to(dtype) for g, dtype in zip(gradients, ctx.dtypes))
-
-
 class AnchorPenalty:
     """Holds theta* and w as flat fp32 vectors, outside the model (so outside `state_dict` and checkpoints) and
     outside the optimizer, aligned with the model's trainable parameters by name.
 
-    A call runs a handful of multi-tensor (`torch._foreach`) kernels over per-parameter views of those vectors and
-    never concatenates the parameters: on the digits ResNet-18 (CPU) that more than halves the step overhead of a
-    version that flattens them into one vector per call (benchmarks/RESULTS.md, "Speed (issue 6)").
+    Training needs only the penalty's gradient 2 w (theta - theta*), and it is linear in theta: `add_gradient_`
+    adds it to the parameters' `.grad` in place, with two multi-tensor (`torch._foreach`) kernels and no temporary
+    (grad += 2 w * theta, then grad -= 2 w * theta*, the second product kept from init). That moves ~7 parameter-
+    sized arrays through memory per step, against ~14 plus three temporaries for autograd through the value
+    (benchmarks/RESULTS.md, "Speed (issue 6)"). Rounding in the two products is that of moving theta* by an ulp.
+    The value itself, for logs and evaluation, is `value`.
     """
 
     def __init__(self, model: nn.Module, fisher: dict[str, torch.Tensor], beta: float, gamma: float):
@@ -41,16 +23,39 @@ class AnchorPenalty:
             raise ValueError(f"The Fisher has no entry for parameters {missing[:5]}: was it computed on this model?")
         self.names = [name for name, _ in named]
         self.shapes = [p.shape for _, p in named]
-        self.gamma = gamma
         self.anchor = torch.cat([p.detach().float().reshape(-1) for _, p in named]).clone()
         self.weight = torch.cat([(beta * fisher[name].float() + gamma).reshape(-1).to(p.device) for name, p in named])
         self._anchor_views = list(self.anchors().values())
         self._weight_views = list(self.weights().values())
+        self._offset_views = list(self._unflatten(2 * self.weight * self.anchor).values())  # 2 w theta*
 
-    def __call__(self, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sum w * d^2, sum d^2) for the unwrapped `model`; only the first carries gradients."""
+    def _params(self, model: nn.Module) -> list[torch.Tensor]:
         params = dict(model.named_parameters())
-        return _WeightedSquaredDistance.apply(self._anchor_views, self._weight_views, *(params[n] for n in self.names))
+        return [params[name] for name in self.names]
+
+    @torch.no_grad()
+    def value(self, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum w * d^2, sum d^2) with d = theta - theta*, for the unwrapped `model`; no gradient."""
+        deltas = torch._foreach_sub([p.float() for p in self._params(model)], self._anchor_views)
+        squared = torch.stack(torch._foreach_norm(deltas)).square().sum()
+        torch._foreach_mul_(deltas, torch._foreach_sqrt(self._weight_views))
+        return torch.stack(torch._foreach_norm(deltas)).square().sum(), squared
+
+    @torch.no_grad()
+    def add_gradient_(self, model: nn.Module, scale: float = 1.0) -> None:
+        """`.grad += scale * 2 w (theta - theta*)` on the unwrapped `model`'s parameters (`scale`: a loss scale the
+        other gradients carry, as fp16 mixed precision's)."""
+        params = self._params(model)
+        for p in params:
+            if p.grad is None:  # a parameter the loss did not reach still feels the penalty
+                p.grad = torch.zeros_like(p)
+        grads = [p.grad for p in params]
+        if all(p.dtype == torch.float32 and g.dtype == torch.float32 for p, g in zip(params, grads)):
+            torch._foreach_addcmul_(grads, params, self._weight_views, value=2 * scale)
+            torch._foreach_add_(grads, self._offset_views, alpha=-scale)
+            return
+        for p, g, a, w in zip(params, grads, self._anchor_views, self._weight_views):
+            g.add_((2 * scale * w * (p.float() - a)).to(g.dtype))
 
     def anchors(self) -> dict[str, torch.Tensor]:
         """theta* by parameter name (views into the flat vector)."""

@@ -29,7 +29,9 @@ class ForgetStopCallback(TrainerCallback):
     """Stops training once the accuracy on the forget data is at or below `args.stop_forget_accuracy`.
 
     The negative cross-entropy is unbounded: once the forget class is gone, further steps only erode the retained
-    classes. The check runs at the start and every `args.stop_check_steps` optimizer steps.
+    classes. The check runs at the start and every `args.stop_check_steps` optimizer steps on a fixed subset of at
+    most `args.stop_check_max_samples` forget images (cheap); once the subset passes, the whole forget set must pass
+    too, so a large forget set is not declared gone on a lucky sample.
     """
 
     def __init__(self, trainer: "PBUTrainer"):
@@ -37,6 +39,8 @@ class ForgetStopCallback(TrainerCallback):
 
     def _check(self, args: PBUConfig, state, control) -> None:
         forget_accuracy = self.trainer.forget_accuracy()
+        if forget_accuracy <= args.stop_forget_accuracy and self.trainer.stop_check_is_subset:
+            forget_accuracy = self.trainer.forget_accuracy(full=True)
         self.trainer.forget_accuracy_history.append((state.global_step, forget_accuracy))
         if forget_accuracy <= args.stop_forget_accuracy:
             self.trainer.stopped_at_step = state.global_step
@@ -91,9 +95,17 @@ class PBUTrainer(Trainer):
         self.fisher_seconds = 0.0
         if fisher is None:
             fisher, self.fisher_seconds = self._fisher()
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            raise ValueError(
+                "PBUTrainer adds the anchor penalty's gradient to each parameter's `.grad`, which DeepSpeed and FSDP "
+                "shard: run it with DDP (`accelerate launch --multi_gpu`) or on one device."
+            )
         self.penalty = AnchorPenalty(self.model, fisher, args.beta, args.gamma)
         self._norm_layers = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        self._stop_check_dataset = self._subset(train_dataset, args.stop_check_max_samples, args.seed)
+        subset = self._subset(train_dataset, args.stop_check_max_samples, args.seed)
+        self.stop_check_is_subset = len(subset) < len(train_dataset)
+        # Checked after every step: its images are transformed once and kept in memory.
+        self._stop_check_dataset = [subset[i] for i in range(len(subset))]
         self.add_callback(ForgetStopCallback(self))
 
     @staticmethod
@@ -125,31 +137,42 @@ class PBUTrainer(Trainer):
             top_mass=args.fisher_top_mass,
         )
 
-    def forget_accuracy(self) -> float:
-        """Accuracy (percent) on a fixed subset of the forget training data, in eval mode."""
+    def forget_accuracy(self, full: bool = False) -> float:
+        """Accuracy (percent) on the fixed stop-check subset of the forget training data (all of it if `full`),
+        in eval mode."""
         return accuracy(
             self.model,
-            self._stop_check_dataset,
+            self.train_dataset if full else self._stop_check_dataset,
             batch_size=self.args.per_device_eval_batch_size,
             collate_fn=self.data_collator,
             num_workers=self.args.dataloader_num_workers,
         )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """alpha * (-CE) on the batch; in training the penalty enters through its gradient alone (`training_step`),
+        in evaluation its value is added."""
         if model.training and self.args.freeze_batchnorm:
             for layer in self._norm_layers:
                 layer.eval()
         logits = classifier_logits(model, inputs["pixel_values"])
         forget_ce = F.cross_entropy(logits.float(), inputs["labels"])
-        penalty, squared_distance = self.penalty(self.accelerator.unwrap_model(model))
-        loss = -self.args.alpha * forget_ce + penalty
+        loss = -self.args.alpha * forget_ce
         if model.training:
             self._check_finite(loss, forget_ce)
-            l2_term = self.args.gamma * squared_distance
             self._metrics["forget_ce"].append(forget_ce.item())
-            self._metrics["fisher_penalty"].append((penalty.detach() - l2_term).item())
-            self._metrics["l2_penalty"].append(l2_term.item())
+        else:
+            loss = loss + self.penalty.value(self.accelerator.unwrap_model(model))[0]
         return (loss, {"logits": logits}) if return_outputs else loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
+        """`Trainer.training_step`, then, once per optimizer step (after the last micro-batch's backward and the
+        gradients' all-reduce), the penalty's gradient added in place: it is the same on every process."""
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.accelerator.sync_gradients:
+            scaler = self.accelerator.scaler
+            scale = scaler.get_scale() if scaler is not None and scaler.is_enabled() else 1.0
+            self.penalty.add_gradient_(self.accelerator.unwrap_model(model), scale)
+        return loss
 
     def _check_finite(self, loss: torch.Tensor, forget_ce: torch.Tensor) -> None:
         bad = (~torch.isfinite(loss.detach())).float().reshape(1)
@@ -172,10 +195,15 @@ class PBUTrainer(Trainer):
             return TrainOutput(self.state.global_step, float("nan"), {"non_finite_loss": 1.0})
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Adds the means of the PBU loss terms since the last log (averaged over processes) and the latest
-        forget accuracy of the stop check."""
-        if "loss" in logs and self.forget_accuracy_history:
-            logs["forget_accuracy"] = self.forget_accuracy_history[-1][1]
+        """Adds the penalty terms at the current weights (so `loss` is the PBU objective: the mean of alpha * (-CE)
+        since the last log plus the penalty now), the mean forget CE since the last log (averaged over processes)
+        and the latest forget accuracy of the stop check."""
+        if "loss" in logs:
+            weighted, squared = self.penalty.value(self.accelerator.unwrap_model(self.model))
+            l2_term = self.args.gamma * squared.item()
+            logs.update(loss=logs["loss"] + weighted.item(), fisher_penalty=weighted.item() - l2_term, l2_penalty=l2_term)
+            if self.forget_accuracy_history:
+                logs["forget_accuracy"] = self.forget_accuracy_history[-1][1]
         if self._metrics and "loss" in logs:
             names = sorted(self._metrics)
             means = torch.tensor([np.mean(self._metrics[name]) for name in names], device=self.args.device)

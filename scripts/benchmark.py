@@ -16,6 +16,8 @@ import os
 import shlex
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import timm
@@ -99,11 +101,25 @@ def load_results(path: str) -> dict:
     return {"records": [], "original": {}}
 
 
-def save_records(path: str, meta: dict, new_records: list[dict]) -> dict:
-    """Merge this run's metadata and records into the JSON on disk, under a lock: several runs (e.g. the slow
-    retrain cells in a second process) may add cells to the same file at once. Returns the merged results."""
-    with open(os.path.join(tempfile.gettempdir(), f"{os.path.basename(path)}.lock"), "w") as lock:
+@contextmanager
+def locked(path: str) -> Iterator[None]:
+    """Holds an exclusive lock on `path` between processes: several runs (e.g. the slow retrain cells, or another
+    dataset, in a second process) may update the same files at once."""
+    with open(os.path.join(tempfile.gettempdir(), f"hf_pbu_{os.path.basename(path)}.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def write_atomically(path: str, text: str) -> None:
+    partial = f"{path}.{os.getpid()}.tmp"
+    with open(partial, "w") as f:
+        f.write(text)
+    os.replace(partial, path)
+
+
+def save_records(path: str, meta: dict, new_records: list[dict]) -> dict:
+    """Merge this run's metadata and records into the JSON on disk (under a lock). Returns the merged results."""
+    with locked(path):
         results = load_results(path)
         replaced = {(r["method"], r["forget_class"], r["seed"]) for r in new_records}
         results["records"] = [
@@ -113,10 +129,7 @@ def save_records(path: str, meta: dict, new_records: list[dict]) -> dict:
         results["configs"] = {**results.get("configs", {}), **meta["configs"]}
         results["original"] = {**results.get("original", {}), **meta["original"]}
         results.update({k: meta[k] for k in ("description", "class_names", "plot")})
-        partial = f"{path}.{os.getpid()}.tmp"
-        with open(partial, "w") as f:
-            json.dump(results, f, indent=1)
-        os.replace(partial, path)
+        write_atomically(path, json.dumps(results, indent=1))
     return results
 
 
@@ -177,12 +190,12 @@ def write_markdown(results_dir: str) -> None:
             results = load_results(path)
             parts.append(dataset_section(dataset, results, results["class_names"]))
     md_path = os.path.join(results_dir, "RESULTS.md")
-    document = "# hf-pbu benchmarks\n"
-    if os.path.exists(md_path):
-        with open(md_path) as f:
-            document = f.read()
-    with open(md_path, "w") as f:
-        f.write(replace_section(document, "\n".join(parts)))
+    with locked(md_path):
+        document = "# hf-pbu benchmarks\n"
+        if os.path.exists(md_path):
+            with open(md_path) as f:
+                document = f.read()
+        write_atomically(md_path, replace_section(document, "\n".join(parts)))
 
 
 def main() -> None:

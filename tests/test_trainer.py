@@ -1,7 +1,10 @@
 """PBUTrainer: the penalty, what is (not) saved or optimised, the stop criterion, non-finite losses."""
 
+import copy
+
 import pytest
 import torch
+from transformers import TrainerCallback
 from tiny_models import DictDataset, TinyConvNet, random_images, trained_bn_stats
 
 from hf_pbu import PBUConfig, PBUTrainer
@@ -26,7 +29,7 @@ def forget_model_and_data(n=16, forget_class=1, seed=0):
     return model, DictDataset(images, torch.full((n,), forget_class))
 
 
-def test_penalty_gradient_is_two_w_delta():
+def test_penalty_value_and_in_place_gradient():
     model = TinyConvNet(3)
     fisher = {n: torch.rand_like(p) for n, p in model.named_parameters()}
     beta, gamma = 3.0, 7.0
@@ -35,18 +38,56 @@ def test_penalty_gradient_is_two_w_delta():
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
-    value, squared = penalty(model)
-    value.backward()
-    expected_value = 0.0
+    other = {n: torch.randn_like(p) for n, p in model.named_parameters()}  # what the CE backward left in .grad
+    for n, p in model.named_parameters():
+        p.grad = other[n].clone()
+    model.head.bias.grad = None  # a parameter the loss did not reach
+    value, squared = penalty.value(model)
+    penalty.add_gradient_(model, scale=0.5)
+    expected_value, expected_squared = 0.0, 0.0
     for n, p in model.named_parameters():
         w = beta * fisher[n] + gamma
         delta = p.detach() - anchors[n]
-        torch.testing.assert_close(p.grad, 2 * w * delta, rtol=1e-5, atol=1e-6)
+        before = torch.zeros_like(p) if n == "head.bias" else other[n]
+        torch.testing.assert_close(p.grad, before + 0.5 * 2 * w * delta, rtol=1e-5, atol=1e-5)
         expected_value += (w * delta**2).sum()
-    torch.testing.assert_close(value.detach(), expected_value, rtol=1e-5, atol=1e-5)
-    assert not squared.requires_grad
+        expected_squared += (delta**2).sum()
+    torch.testing.assert_close(value, expected_value, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(squared, expected_squared, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(penalty.anchors()["head.weight"], anchors["head.weight"])
     torch.testing.assert_close(penalty.weights()["head.bias"], beta * fisher["head.bias"] + gamma)
+
+
+class GradientRecorder(TrainerCallback):
+    def __init__(self):
+        self.grads = None
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if self.grads is None:
+            self.grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_optimizer_step_sees_the_gradient_of_the_pbu_objective(tmp_path, accumulation):
+    """Brute force: autograd through alpha * (-CE) + sum (beta F + gamma) d^2 on the whole step's data."""
+    model, forget = forget_model_and_data(n=16)
+    fisher = {n: torch.rand_like(p) for n, p in model.named_parameters()}
+    args = config(tmp_path, max_steps=1, stop_forget_accuracy=-1, max_grad_norm=0, alpha=3.0, beta=5.0, gamma=7.0,
+                  per_device_train_batch_size=16 // accumulation, gradient_accumulation_steps=accumulation)
+    recorder = GradientRecorder()
+    trainer = PBUTrainer(model=model, args=args, train_dataset=forget, fisher=fisher, callbacks=[recorder])
+    anchors = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with torch.no_grad():  # move away from theta* so that the penalty's gradient is not zero
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    reference = copy.deepcopy(model).eval()  # BatchNorm in eval mode, as freeze_batchnorm does
+    loss = -3.0 * torch.nn.functional.cross_entropy(reference(forget.images), forget.labels)
+    for n, p in reference.named_parameters():
+        loss = loss + ((5.0 * fisher[n] + 7.0) * (p - anchors[n]) ** 2).sum()
+    loss.backward()
+    trainer.train()
+    for n, p in reference.named_parameters():
+        torch.testing.assert_close(recorder.grads[n], p.grad, rtol=1e-4, atol=1e-4)
 
 
 def test_anchor_and_weight_are_outside_state_dict_and_optimizer(tmp_path):
@@ -76,6 +117,19 @@ def test_stop_callback_ends_training_once_forget_class_is_gone(tmp_path):
     assert trainer.forget_accuracy() == 0.0
     logged = [entry for entry in trainer.state.log_history if "forget_ce" in entry]
     assert logged and {"fisher_penalty", "l2_penalty", "forget_accuracy", "loss"} <= set(logged[-1])
+
+
+def test_stop_check_subset_passing_is_confirmed_on_the_whole_forget_set(tmp_path):
+    model, forget = forget_model_and_data(n=16)
+    args = config(tmp_path, learning_rate=1e-12, max_steps=1, stop_forget_accuracy=1.0, stop_check_max_samples=4)
+    # Label the 4 stop-check images with another class: the subset reads 0% while 12 of 16 images are still known.
+    subset = PBUTrainer._subset(forget, args.stop_check_max_samples, args.seed)
+    forget.labels[torch.tensor(subset.indices)] = 2
+    trainer = PBUTrainer(model=model, args=args, train_dataset=forget)
+    assert trainer.stop_check_is_subset and trainer.forget_accuracy() == 0.0
+    trainer.train()
+    assert trainer.stopped_at_step is None
+    assert trainer.forget_accuracy_history[0] == (0, 75.0)
 
 
 def test_unlearning_without_reaching_the_criterion_runs_to_the_step_budget(tmp_path):
