@@ -20,6 +20,8 @@ import time
 
 import torch
 
+from hf_pbu import PBUConfig
+
 # ----------------------------------------------------------------------------------------------------------------
 # Measurements (each runs in its own process: `--part NAME`)
 # ----------------------------------------------------------------------------------------------------------------
@@ -91,7 +93,9 @@ def part_nngeometry(args, sort_logits: bool, images: int | None = None):
     return {**times, "images": len(splits["forget_train"]), "nan_fraction": torch.isnan(diagonal).float().mean().item()}
 
 
-def _step_setup(args):
+def _step_setup(args, image_size: int | None = None):
+    """A CE step, a PBU step and a PBU step with the penalty through autograd, on one forget batch (upsampled to
+    `image_size` if given: the penalty's cost is fixed, the step's grows with the image)."""
     import torch.nn.functional as F
 
     from hf_pbu import PBUConfig, PBUTrainer
@@ -102,47 +106,50 @@ def _step_setup(args):
     config = PBUConfig(output_dir=os.path.join(args.work_dir, "step"), report_to="none", use_cpu=True,
                        fisher_cache_dir="none", disable_tqdm=True)
     trainer = PBUTrainer(model=model, args=config, train_dataset=splits["forget_train"], fisher=fisher)
-    batch = next(iter(forget_loader(splits, config.per_device_train_batch_size)))
-    inputs = {"pixel_values": batch[0], "labels": batch[1]}
+    images, labels = next(iter(forget_loader(splits, config.per_device_train_batch_size)))
+    if image_size is not None:
+        images = F.interpolate(images, size=image_size, mode="bilinear")
+    inputs = {"pixel_values": images, "labels": labels}
     model.train()
     trainer.compute_loss(model, inputs)  # freezes the norm layers as PBU does: both steps then run the same modes
     with torch.no_grad():  # away from theta*, as during unlearning
         for p in model.parameters():
             p.add_(1e-3 * torch.randn_like(p))
+    named = [(n, p) for n, p in model.named_parameters() if n in trainer.penalty.anchors()]
+    anchors, weights = trainer.penalty.anchors(), trainer.penalty.weights()
 
     def ce_step():
         model.zero_grad(set_to_none=True)
         F.cross_entropy(classifier_logits(model, inputs["pixel_values"]).float(), inputs["labels"]).backward()
 
     def pbu_step():
+        """What `PBUTrainer.training_step` runs: the loss's backward, then the penalty's gradient in place."""
         model.zero_grad(set_to_none=True)
         trainer.compute_loss(model, inputs).backward()
+        trainer.penalty.add_gradient_(model)
 
-    def concatenated_penalty_step():
-        """The previous penalty (one torch.cat of the parameters per call), for the record."""
+    def autograd_penalty_step():
+        """The penalty's value in the loss and its gradient through autograd, for comparison."""
         model.zero_grad(set_to_none=True)
-        params = dict(model.named_parameters())
-        flat = torch.cat([params[n].reshape(-1) for n in trainer.penalty.names]).float()
-        delta = flat - trainer.penalty.anchor
-        loss = -config.alpha * F.cross_entropy(classifier_logits(model, inputs["pixel_values"]).float(),
-                                               inputs["labels"])
-        (loss + torch.dot(trainer.penalty.weight, delta * delta)).backward()
+        loss = trainer.compute_loss(model, inputs)
+        (loss + sum((weights[n] * (p - anchors[n]) ** 2).sum() for n, p in named)).backward()
 
-    return {"ce": ce_step, "pbu": pbu_step, "pbu_concatenated_penalty": concatenated_penalty_step}, len(batch[1])
+    return {"ce": ce_step, "pbu": pbu_step, "pbu_autograd_penalty": autograd_penalty_step}, len(labels)
 
 
-def part_steps(args):
-    """The step variants, interleaved, `--steps` times each after one warm-up: medians."""
-    steps, batch = _step_setup(args)
+def part_steps(args, image_size: int | None = None, repeats: int | None = None):
+    """The step variants, interleaved, `repeats` (default `--steps`) times each after one warm-up: medians."""
+    steps, batch = _step_setup(args, image_size)
+    repeats = repeats or args.steps
     samples = {name: {"wall_s": [], "cpu_s": []} for name in steps}
-    for repeat in range(args.steps + 1):
+    for repeat in range(repeats + 1):
         for name, step in steps.items():
             _, times = timed(step)
             if repeat:
                 for key, value in times.items():
                     samples[name][key].append(value)
     median = {name: {k: sorted(v)[len(v) // 2] for k, v in s.items()} for name, s in samples.items()}
-    return {"batch": batch, "steps": args.steps, **median}
+    return {"batch": batch, "steps": repeats, "image_size": image_size or 32, **median}
 
 
 def part_one_step_kind(args, name: str):
@@ -192,6 +199,7 @@ PARTS = {
     "fisher_nngeometry": lambda a: part_nngeometry(a, sort_logits=True),
     "nngeometry_as_called_by_reference": lambda a: part_nngeometry(a, sort_logits=False, images=16),
     "steps": part_steps,
+    "steps_224": lambda a: part_steps(a, image_size=224, repeats=5),
     "memory_ce_step": lambda a: part_one_step_kind(a, "ce"),
     "memory_pbu_step": lambda a: part_one_step_kind(a, "pbu"),
     "pbu_end_to_end": lambda a: part_pbu_end_to_end(a, "exact"),
@@ -232,6 +240,24 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {platform.python_version()}"
 
 
+def overhead(steps: dict, name: str, clock: str) -> str:
+    return f"{100 * (steps[name][clock] / steps['ce'][clock] - 1):+.1f}%"
+
+
+def step_rows(steps: dict, mib: dict | None) -> list[str]:
+    size, where = steps["image_size"], f"batch {steps['batch']}, {steps['image_size']}x{steps['image_size']}"
+    rows = [
+        ("ce", f"Plain CE step (forward + backward, {where})", "memory_ce_step"),
+        ("pbu", f"PBU step (`compute_loss` + backward + `penalty.add_gradient_`, {size}x{size})", "memory_pbu_step"),
+        ("pbu_autograd_penalty", f"PBU step with the penalty through autograd ({size}x{size})", None),
+    ]
+    return [
+        f"| {label} | {steps[name]['wall_s']:.3f} | {steps[name]['cpu_s']:.3f} | "
+        f"{f'{mib[key]:.0f}' if mib and key else ''} | median of {steps['steps']} |"
+        for name, label, key in rows
+    ]
+
+
 def summary(results: dict, args, load_before, load_after) -> str:
     exact, nng, mc = results["fisher_exact"], results["fisher_nngeometry"], results["fisher_mc"]
     steps, pbu, retrain = results["steps"], results["pbu_end_to_end"], results["retrain"]
@@ -251,12 +277,8 @@ def summary(results: dict, args, load_before, load_after) -> str:
         f"| Exact Fisher, nngeometry `FIM(PMatDiag, classif_logits)` | {nng['wall_s']:.2f} | {nng['cpu_s']:.2f} | "
         f"{mib['fisher_nngeometry']:.0f} | logits sorted (see below) |",
         f"| mc Fisher, ours (1 draw per image) | {mc['wall_s']:.2f} | {mc['cpu_s']:.2f} | {mib['fisher_mc']:.0f} | |",
-        f"| Plain CE step (forward + backward, batch {steps['batch']}) | {steps['ce']['wall_s']:.3f} | "
-        f"{steps['ce']['cpu_s']:.3f} | {mib['memory_ce_step']:.0f} | median of {steps['steps']} |",
-        f"| PBU step (`PBUTrainer.compute_loss` + backward) | {steps['pbu']['wall_s']:.3f} | "
-        f"{steps['pbu']['cpu_s']:.3f} | {mib['memory_pbu_step']:.0f} | median of {steps['steps']} |",
-        f"| PBU step with the previous concatenating penalty | {steps['pbu_concatenated_penalty']['wall_s']:.3f} | "
-        f"{steps['pbu_concatenated_penalty']['cpu_s']:.3f} | | median of {steps['steps']} |",
+        *step_rows(steps, mib),
+        *step_rows(results["steps_224"], None),
         f"| PBU end to end (`pipeline.unlearn`: Fisher + unlearning) | {pbu_total:.1f} | {pbu['cpu_s']:.1f} | "
         f"{mib['pbu_end_to_end']:.0f} | Fisher {pbu['fisher_s']:.1f} s + unlearning {pbu['unlearn_s']:.1f} s, "
         f"{pbu['steps']} steps; CPU includes before/after evaluation |",
@@ -278,14 +300,16 @@ def summary(results: dict, args, load_before, load_after) -> str:
         f"| exact / mc time (wall; CPU) | {exact['wall_s'] / mc['wall_s']:.1f}x; {exact['cpu_s'] / mc['cpu_s']:.1f}x |",
         f"| mc (1 draw) vs exact: max abs error / max entry; relative L2 | "
         f"{results['mc_error']['max_abs_over_max']:.2e}; {results['mc_error']['l2']:.2e} |",
-        f"| PBU step overhead over a CE step (wall; CPU) | "
-        f"{100 * (steps['pbu']['wall_s'] / steps['ce']['wall_s'] - 1):+.1f}%; "
-        f"{100 * (steps['pbu']['cpu_s'] / steps['ce']['cpu_s'] - 1):+.1f}% |",
-        f"| same with the previous concatenating penalty (wall; CPU) | "
-        f"{100 * (steps['pbu_concatenated_penalty']['wall_s'] / steps['ce']['wall_s'] - 1):+.1f}%; "
-        f"{100 * (steps['pbu_concatenated_penalty']['cpu_s'] / steps['ce']['cpu_s'] - 1):+.1f}% |",
+        *(
+            f"| {label} at {r['image_size']}x{r['image_size']} (wall; CPU) | {overhead(r, name, 'wall_s')}; "
+            f"{overhead(r, name, 'cpu_s')} |"
+            for r in (steps, results["steps_224"])
+            for name, label in (("pbu", "PBU step overhead over a CE step"),
+                                ("pbu_autograd_penalty", "same with the penalty through autograd"))
+        ),
         f"| PBU end to end / retrain time (wall): exact; mc Fisher | "
-        f"{100 * pbu_total / retrain['train_runtime_s']:.1f}%; {100 * pbu_mc_total / retrain['train_runtime_s']:.1f}% |",
+        f"{100 * pbu_total / retrain['train_runtime_s']:.1f}%; "
+        f"{100 * pbu_mc_total / retrain['train_runtime_s']:.1f}% |",
         f"| A_Df / A_Dr after PBU (%): exact; mc Fisher | {pbu['after']['forget_accuracy']:.1f} / "
         f"{pbu['after']['retain_accuracy']:.1f}; {pbu_mc['after']['forget_accuracy']:.1f} / "
         f"{pbu_mc['after']['retain_accuracy']:.1f} |",
@@ -300,7 +324,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--forget_class", type=int, default=3)
     parser.add_argument("--base_model_dir", default="outputs/digits-resnet18")
-    parser.add_argument("--fisher_batch_size", type=int, default=16, help="PBUConfig's default.")
+    parser.add_argument("--fisher_batch_size", type=int, default=PBUConfig.fisher_batch_size)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--part", choices=sorted(PARTS))
     parser.add_argument("--work_dir")

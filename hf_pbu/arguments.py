@@ -30,7 +30,9 @@ class DataArguments:
     dataset_config: str | None = field(default=None, metadata={"help": "Configuration name of the Hub dataset."})
     dataset_dir: str | None = field(
         default=None,
-        metadata={"help": "Local data: an imagefolder (train/ and test/, one sub-folder per class) or a saved dataset."},
+        metadata={
+            "help": "Local data: an imagefolder (train/ and test/, one sub-folder per class) or a saved dataset."
+        },
     )
     forget_dir: str | None = field(
         default=None,

@@ -57,7 +57,9 @@ def config_key(summary: dict) -> str:
     return hashlib.sha256(json.dumps(summary, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def run_cell(method_name: str, config: Any, base_model: nn.Module, splits: dict, eval_batch_size: int, seed: int) -> dict:
+def run_cell(
+    method_name: str, config: Any, base_model: nn.Module, splits: dict, eval_batch_size: int, seed: int
+) -> dict:
     """Unlearn with one method on a copy of `base_model` and measure the result."""
     method = METHODS[method_name]
     forget = splits["forget_train"] if method.needs_forget else None
@@ -135,8 +137,12 @@ def markdown_table(results: dict, class_names: list[str]) -> str:
               "| Forget class | Seed | PBU A_Df train (%) | PBU A_Df test (%) | PBU A_Dr (%) | Retrain A_Dr (%) "
               "| A_Dr gap (points) |",
               "|---|---|---|---|---|---|---|"]
-    retrain = {(r["forget_class"], r["seed"]): r["retain_accuracy"] for r in results["records"] if r["method"] == "retrain"}
-    pbu_records = sorted((r for r in results["records"] if r["method"] == "pbu"), key=lambda r: (r["forget_class"], r["seed"]))
+    retrain = {
+        (r["forget_class"], r["seed"]): r["retain_accuracy"] for r in results["records"] if r["method"] == "retrain"
+    }
+    pbu_records = sorted(
+        (r for r in results["records"] if r["method"] == "pbu"), key=lambda r: (r["forget_class"], r["seed"])
+    )
     for record in pbu_records:
         forget_class, seed = record["forget_class"], record["seed"]
         oracle = retrain.get((forget_class, seed))

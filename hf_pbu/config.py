@@ -25,7 +25,9 @@ class PBUConfig(TrainingArguments):
     beta: float = field(
         default=100.0, metadata={"help": "Weight of the Fisher-weighted distance to the original parameters."}
     )
-    gamma: float = field(default=4001.0, metadata={"help": "Weight of the plain L2 distance to the original parameters."})
+    gamma: float = field(
+        default=4001.0, metadata={"help": "Weight of the plain L2 distance to the original parameters."}
+    )
     fisher_estimator: FisherEstimator = field(
         default="exact",
         metadata={

@@ -130,7 +130,9 @@ def open_image(value) -> PILImage.Image:
         image = PILImage.open(io.BytesIO(data) if data is not None else path)
         image.load()
     except (OSError, SyntaxError, ValueError) as err:
-        raise ValueError(f"Cannot read the image file {path or '<embedded bytes>'}: {err}. Remove or replace it.") from None
+        raise ValueError(
+            f"Cannot read the image file {path or '<embedded bytes>'}: {err}. Remove or replace it."
+        ) from None
     return image
 
 
@@ -163,7 +165,9 @@ def _load_source(dataset_name: str | None, dataset_config: str | None, dataset_d
     return load_dataset(dataset_name or "imagefolder", dataset_config, data_dir=dataset_dir, cache_dir=cache_dir)
 
 
-def detect_columns(features: Features, image_column: str | None = None, label_column: str | None = None) -> tuple[str, str]:
+def detect_columns(
+    features: Features, image_column: str | None = None, label_column: str | None = None
+) -> tuple[str, str]:
     """(image column, label column): the ones given, else the first Image feature and the first ClassLabel (or a
     column with a usual label name)."""
     columns = list(features)

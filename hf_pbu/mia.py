@@ -68,7 +68,9 @@ def membership_inference(
     if retain_train is None or len(retain_train) == 0 or retain_test is None or len(retain_test) == 0:
         logger.info("No retained training and test data: skipping the membership-inference attack.")
         return None
-    outputs = {name: predictions(model, splits[name], batch_size) for name in ("retain_train", "retain_test", "forget_train")}
+    outputs = {
+        name: predictions(model, splits[name], batch_size) for name in ("retain_train", "retain_test", "forget_train")
+    }
     entropies = {name: entropy(logits)[:, None] for name, (logits, _) in outputs.items()}
     features = {name: loss_features(logits, labels) for name, (logits, labels) in outputs.items()}
     return {

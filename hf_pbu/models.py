@@ -150,7 +150,9 @@ def processor_transform(processor) -> Callable:
     resample = getattr(processor, "resample", None)
     interpolation = (
         resample if isinstance(resample, transforms.InterpolationMode)
-        else _PIL_TO_TORCHVISION.get(int(resample) if resample is not None else 2, transforms.InterpolationMode.BILINEAR)
+        else _PIL_TO_TORCHVISION.get(
+            int(resample) if resample is not None else 2, transforms.InterpolationMode.BILINEAR
+        )
     )
     size, crop_size = getattr(processor, "size", None), getattr(processor, "crop_size", None)
     steps = []

@@ -91,8 +91,10 @@ def format_results_table(results: dict) -> str:
 
     rows = [
         "                         before    after",
-        f"A_Df (forget test, %)    {pct(results['before']['forget_accuracy'])}   {pct(results['after']['forget_accuracy'])}",
-        f"A_Dr (retain test, %)    {pct(results['before']['retain_accuracy'])}   {pct(results['after']['retain_accuracy'])}",
+        f"A_Df (forget test, %)    {pct(results['before']['forget_accuracy'])}   "
+        f"{pct(results['after']['forget_accuracy'])}",
+        f"A_Dr (retain test, %)    {pct(results['before']['retain_accuracy'])}   "
+        f"{pct(results['after']['retain_accuracy'])}",
         f"forget train (%)         {pct(results['before']['forget_train_accuracy'])}   "
         f"{pct(results['after']['forget_train_accuracy'])}",
     ]

@@ -201,7 +201,9 @@ class PBUTrainer(Trainer):
         if "loss" in logs:
             weighted, squared = self.penalty.value(self.accelerator.unwrap_model(self.model))
             l2_term = self.args.gamma * squared.item()
-            logs.update(loss=logs["loss"] + weighted.item(), fisher_penalty=weighted.item() - l2_term, l2_penalty=l2_term)
+            logs.update(
+                loss=logs["loss"] + weighted.item(), fisher_penalty=weighted.item() - l2_term, l2_penalty=l2_term
+            )
             if self.forget_accuracy_history:
                 logs["forget_accuracy"] = self.forget_accuracy_history[-1][1]
         if self._metrics and "loss" in logs:

@@ -45,10 +45,11 @@ from hf_pbu.pipeline import measure
 logger = logging.get_logger(__name__)
 
 DATASETS = {
-    "digits": "scikit-learn digits (8x8 upsampled to 32x32; 1,437 train / 360 test), timm ResNet-18 (11.2M parameters) "
-    "trained 12 epochs by `hf_pbu.demo.train_digits_model`",
-    "fashion_mnist": "Fashion-MNIST (28x28 upsampled to 32x32; 60,000 train / 10,000 test), quarter-width timm ResNet-18 "
-    "(channels 16-32-64-128, 0.7M parameters) trained {epochs:g} epochs by `hf_pbu.fashion_mnist.train_fashion_mnist_model`",
+    "digits": "scikit-learn digits (8x8 upsampled to 32x32; 1,437 train / 360 test), timm ResNet-18 "
+    "(11.2M parameters) trained 12 epochs by `hf_pbu.demo.train_digits_model`",
+    "fashion_mnist": "Fashion-MNIST (28x28 upsampled to 32x32; 60,000 train / 10,000 test), "
+    "quarter-width timm ResNet-18 (channels 16-32-64-128, 0.7M parameters) trained {epochs:g} epochs by "
+    "`hf_pbu.fashion_mnist.train_fashion_mnist_model`",
 }
 
 

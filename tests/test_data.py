@@ -53,7 +53,10 @@ def _tiny_dataset(labels, label_feature) -> DatasetDict:
 
 @pytest.mark.parametrize(
     ("labels", "feature", "names"),
-    [([0, 2, 1, 2], Value("int64"), ["0", "1", "2"]), (["cat", "dog", "cat", "ant"], Value("string"), ["ant", "cat", "dog"])],
+    [
+        ([0, 2, 1, 2], Value("int64"), ["0", "1", "2"]),
+        (["cat", "dog", "cat", "ant"], Value("string"), ["ant", "cat", "dog"]),
+    ],
 )
 def test_plain_label_columns_become_class_labels(tmp_path, labels, feature, names):
     DatasetDict(train=_tiny_dataset(labels, feature), test=_tiny_dataset(labels, feature)).save_to_disk(str(tmp_path))

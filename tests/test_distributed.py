@@ -11,9 +11,10 @@ from torch.utils.data import DataLoader
 
 from hf_pbu import compute_fisher_diagonal
 
-SCRIPTS = Path(__file__).parent / "scripts"
-sys.path.insert(0, str(SCRIPTS))
+sys.path.insert(0, str(Path(__file__).parent / "scripts"))
 from distributed_fisher import fixture
+
+SCRIPTS = Path(__file__).parent / "scripts"
 
 
 def accelerate_launch(script: Path, *args: str, processes: int = 2) -> subprocess.CompletedProcess:

@@ -68,7 +68,10 @@ def test_predictions_keep_dataset_order():
 
 def test_attacks_flag_a_remembered_forget_set_and_not_a_forgotten_one():
     rng = np.random.default_rng(0)
-    labels = lambda n: rng.integers(1, CLASSES, n).tolist()
+
+    def labels(n):
+        return rng.integers(1, CLASSES, n).tolist()
+
     splits = {"retain_train": _items(labels(40), 8.0), "retain_test": _items(labels(40), 1.0)}
     remembered = membership_inference(Scaled(), {**splits, "forget_train": _items([0] * 20, 8.0)}, batch_size=16)
     forgotten = membership_inference(Scaled(), {**splits, "forget_train": _items([0] * 20, -4.0)}, batch_size=16)

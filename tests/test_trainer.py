@@ -4,8 +4,8 @@ import copy
 
 import pytest
 import torch
-from transformers import TrainerCallback
 from tiny_models import DictDataset, TinyConvNet, random_images, trained_bn_stats
+from transformers import TrainerCallback
 
 from hf_pbu import PBUConfig, PBUTrainer
 from hf_pbu.penalty import AnchorPenalty
@@ -108,7 +108,9 @@ def test_anchor_and_weight_are_outside_state_dict_and_optimizer(tmp_path):
 
 def test_stop_callback_ends_training_once_forget_class_is_gone(tmp_path):
     model, forget = forget_model_and_data()
-    args = config(tmp_path, learning_rate=0.05, num_train_epochs=50, stop_forget_accuracy=0.0, alpha=10, beta=0, gamma=1e-3)
+    args = config(
+        tmp_path, learning_rate=0.05, num_train_epochs=50, stop_forget_accuracy=0.0, alpha=10, beta=0, gamma=1e-3
+    )
     trainer = PBUTrainer(model=model, args=args, train_dataset=forget)
     assert trainer.forget_accuracy() == 100.0
     trainer.train()

@@ -21,8 +21,8 @@ from hf_pbu.pipeline import RESULTS_FILE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "unlearn.py")
-FAST = ["--max_steps", "2", "--per_device_train_batch_size", "8", "--fisher_batch_size", "8", "--mia_samples", "12", "--fisher_estimator", "empirical",
-        "--report_to", "none", "--disable_tqdm", "true"]
+FAST = ["--max_steps", "2", "--per_device_train_batch_size", "8", "--fisher_batch_size", "8", "--mia_samples", "12",
+        "--fisher_estimator", "empirical", "--report_to", "none", "--disable_tqdm", "true"]
 
 
 @pytest.fixture(autouse=True)
@@ -92,7 +92,8 @@ def test_hub_id_from_local_olah_hub(olah_endpoint, tiny_imagefolder, tmp_path, f
 
 
 def test_forget_only_mode_runs_without_retained_data(offline, tiny_imagefolder, tmp_path, caplog):
-    _script().main(["--model_id", TINY_REPOS["timm"], "--forget_dir", os.path.join(tiny_imagefolder, "train", "digit_2"),
+    _script().main(["--model_id", TINY_REPOS["timm"],
+                    "--forget_dir", os.path.join(tiny_imagefolder, "train", "digit_2"),
                     "--forget_class", "digit_2", "--output_dir", str(tmp_path / "out"), *FAST])
     with open(tmp_path / "out" / RESULTS_FILE) as f:
         results = json.load(f)
@@ -189,8 +190,8 @@ def test_bad_input_exits_with_one_line_not_a_traceback(tiny_imagefolder, tmp_pat
 
 def _digits_run(command: list[str], digits_model, digits_imagefolder, output_dir) -> dict:
     args = ["--model_id", digits_model, "--dataset_name", "imagefolder", "--dataset_dir", digits_imagefolder,
-            "--forget_class", "digit_3", "--output_dir", str(output_dir), "--report_to", "none", "--disable_tqdm", "true",
-            "--fisher_cache_dir", "none"]
+            "--forget_class", "digit_3", "--output_dir", str(output_dir), "--report_to", "none",
+            "--disable_tqdm", "true", "--fisher_cache_dir", "none"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     run = subprocess.run([*command, SCRIPT, *args], env=env, capture_output=True, text=True, timeout=3600, check=False)
     assert run.returncode == 0, run.stderr[-3000:]

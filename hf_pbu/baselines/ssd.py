@@ -10,12 +10,12 @@ each mini-batch (64 images, model in eval mode), averaged over the batches of th
 training data. The reference's full-data loader is unshuffled and its retain set is built class by class, so its
 batches hold one class each (`full_data_order="by_class"`, reproduced here: the method is then deterministic);
 with shuffled, mixed-class batches the gradients cancel, the full importance shrinks and far more parameters are
-dampened (on digits, A_Dr fell to 22-46% for classes 6 and 8). `importance="per_sample"` uses the diagonal empirical Fisher instead
-(squared per-sample gradients, `hf_pbu.fisher.compute_fisher_diagonal`), whose full-data value is the sample-weighted
-mean of the forget and retain ones: then forget/full can never exceed N/N_forget (about the number of classes),
-so the published alpha = 10 selects almost nothing (on digits, A_Df stayed at 100%). Mini-batch squares are
-large only where a whole batch's gradients agree, as they do within one class, which is what alpha = 10 was tuned
-for.
+dampened (on digits, A_Dr fell to 22-46% for classes 6 and 8). `importance="per_sample"` uses the diagonal
+empirical Fisher instead (squared per-sample gradients, `hf_pbu.fisher.compute_fisher_diagonal`), whose full-data
+value is the sample-weighted mean of the forget and retain ones: then forget/full can never exceed N/N_forget (about
+the number of classes), so the published alpha = 10 selects almost nothing (on digits, A_Df stayed at 100%).
+Mini-batch squares are large only where a whole batch's gradients agree, as they do within one class, which is what
+alpha = 10 was tuned for.
 """
 
 from dataclasses import dataclass

@@ -65,7 +65,10 @@ def error_maximising_noise(model: nn.Module, label: int, shape: tuple[int, ...],
     with eval_mode(model):
         for _ in range(config.noise_steps):
             logits = classifier_logits(model, noise)
-            loss = -F.cross_entropy(logits.float(), labels) + config.noise_l2_weight * noise.pow(2).flatten(1).sum(1).mean()
+            loss = (
+                -F.cross_entropy(logits.float(), labels)
+                + config.noise_l2_weight * noise.pow(2).flatten(1).sum(1).mean()
+            )
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
