@@ -134,7 +134,22 @@ def _step_setup(args, image_size: int | None = None):
         loss = trainer.compute_loss(model, inputs)
         (loss + sum((weights[n] * (p - anchors[n]) ** 2).sum() for n, p in named)).backward()
 
-    return {"ce": ce_step, "pbu": pbu_step, "pbu_autograd_penalty": autograd_penalty_step}, len(labels)
+    optimizer = trainer.create_optimizer()  # PBUConfig's (AdamW, learning rate 5e-5), the same for both
+
+    def with_update(step):
+        def train_step():
+            step()
+            optimizer.step()
+
+        return train_step
+
+    return {
+        "ce": ce_step,
+        "pbu": pbu_step,
+        "pbu_autograd_penalty": autograd_penalty_step,
+        "ce_with_update": with_update(ce_step),
+        "pbu_with_update": with_update(pbu_step),
+    }, len(labels)
 
 
 def part_steps(args, image_size: int | None = None, repeats: int | None = None):
@@ -240,8 +255,8 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {platform.python_version()}"
 
 
-def overhead(steps: dict, name: str, clock: str) -> str:
-    return f"{100 * (steps[name][clock] / steps['ce'][clock] - 1):+.1f}%"
+def overhead(steps: dict, name: str, clock: str, reference: str = "ce") -> str:
+    return f"{100 * (steps[name][clock] / steps[reference][clock] - 1):+.1f}%"
 
 
 def step_rows(steps: dict, mib: dict | None) -> list[str]:
@@ -250,6 +265,8 @@ def step_rows(steps: dict, mib: dict | None) -> list[str]:
         ("ce", f"Plain CE step (forward + backward, {where})", "memory_ce_step"),
         ("pbu", f"PBU step (`compute_loss` + backward + `penalty.add_gradient_`, {size}x{size})", "memory_pbu_step"),
         ("pbu_autograd_penalty", f"PBU step with the penalty through autograd ({size}x{size})", None),
+        ("ce_with_update", f"Plain CE training step: the above + optimizer update ({size}x{size})", None),
+        ("pbu_with_update", f"PBU training step: the above + optimizer update ({size}x{size})", None),
     ]
     return [
         f"| {label} | {steps[name]['wall_s']:.3f} | {steps[name]['cpu_s']:.3f} | "
@@ -306,6 +323,13 @@ def summary(results: dict, args, load_before, load_after) -> str:
             for r in (steps, results["steps_224"])
             for name, label in (("pbu", "PBU step overhead over a CE step"),
                                 ("pbu_autograd_penalty", "same with the penalty through autograd"))
+        ),
+        *(
+            f"| PBU training step overhead over a CE training step (both with the optimizer update) at "
+            f"{r['image_size']}x{r['image_size']} (wall; CPU) | "
+            f"{overhead(r, 'pbu_with_update', 'wall_s', 'ce_with_update')}; "
+            f"{overhead(r, 'pbu_with_update', 'cpu_s', 'ce_with_update')} |"
+            for r in (steps, results["steps_224"])
         ),
         f"| PBU end to end / retrain time (wall): exact; mc Fisher | "
         f"{100 * pbu_total / retrain['train_runtime_s']:.1f}%; "

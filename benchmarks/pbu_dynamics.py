@@ -1,0 +1,72 @@
+"""PBU step by step on a benchmark model: the stop check's forget-train accuracy, the retained classes' test
+accuracy (on a sample) and the forget CE, every `--every` steps, to see what each step of unlearning costs.
+
+    python benchmarks/pbu_dynamics.py --dataset fashion_mnist --forget_class 8 --seed 1 [any PBUConfig flag]
+
+The base model is the one `scripts/benchmark.py` trained and cached (run it first). The Fisher is cached under
+`--fisher_cache_dir` (default: the library's cache), so repeated runs on one class only pay it once.
+"""
+
+import sys
+import tempfile
+from dataclasses import dataclass, field
+
+import timm
+import torch
+from transformers import HfArgumentParser, TrainerCallback
+
+from hf_pbu import PBUConfig, PBUTrainer
+from hf_pbu.benchmark import cell_splits
+from hf_pbu.data import digits_dataset
+from hf_pbu.demo import eval_transform
+from hf_pbu.fashion_mnist import DEFAULT_DIR, fashion_mnist_dataset
+from hf_pbu.metrics import accuracy
+
+MODEL_DIRS = {"digits": "outputs/digits-resnet18", "fashion_mnist": "outputs/fashion-mnist-resnet18q-2ep"}
+
+
+@dataclass
+class DynamicsArguments:
+    dataset: str = field(default="fashion_mnist", metadata={"choices": list(MODEL_DIRS)})
+    forget_class: int = field(default=8)
+    every: int = field(default=5, metadata={"help": "Report every this many steps (and at the end)."})
+    retain_sample_every: int = field(default=9, metadata={"help": "Retained test images used: every n-th one."})
+
+
+class Probe(TrainerCallback):
+    def __init__(self, trainer: PBUTrainer, retain_sample: list, every: int):
+        self.trainer, self.retain_sample, self.every = trainer, retain_sample, every
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every and not control.should_training_stop:
+            return
+        forget = self.trainer.forget_accuracy_history[-1][1]
+        ce = self.trainer._metrics["forget_ce"][-1]
+        retain = accuracy(model, self.retain_sample, 256)
+        print(f"| {state.global_step} | {forget:.1f} | {retain:.1f} | {ce:.2f} |", flush=True)
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    parser = HfArgumentParser((DynamicsArguments, PBUConfig))
+    args, config = parser.parse_args_into_dataclasses(
+        args=sys.argv[1:] + ["--output_dir", tempfile.mkdtemp(), "--save_strategy", "no", "--report_to", "none",
+                             "--logging_strategy", "no", "--disable_tqdm", "true"]
+    )
+    data = digits_dataset() if args.dataset == "digits" else fashion_mnist_dataset(DEFAULT_DIR)
+    model = timm.create_model(f"local-dir:{MODEL_DIRS[args.dataset]}", pretrained=True).eval()
+    splits = cell_splits(data, eval_transform(model), args.forget_class, mia_members=0)
+    retain_test = splits["retain_test"]
+    retain_sample = [retain_test[i] for i in range(0, len(retain_test), args.retain_sample_every)]
+    trainer = PBUTrainer(model=model, args=config, train_dataset=splits["forget_train"])
+    trainer.add_callback(Probe(trainer, retain_sample, args.every))
+    print("| step | forget-train acc. (stop check, %) | retained test acc. (sample, %) | forget CE (batch) |")
+    print("|---|---|---|---|")
+    trainer.train()
+    model.eval()
+    print(f"\nfinal: A_Df {accuracy(model, splits['forget_test'], 256):.1f}%, "
+          f"A_Dr {accuracy(model, retain_test, 256):.1f}%, {trainer.state.global_step} steps")
+
+
+if __name__ == "__main__":
+    main()
