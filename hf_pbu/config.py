@@ -60,7 +60,7 @@ class PBUConfig(TrainingArguments):
         metadata={
             "help": "Stop once the accuracy (percent) on the forget training data is at or below this value. The "
             "test images of the class follow the training ones within sampling noise; 0.5 leaves a margin for "
-            "the target of <= 1% on them."
+            "the target of <= 1 percent on them."
         },
     )
     stop_check_steps: int = field(
