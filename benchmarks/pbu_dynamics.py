@@ -40,7 +40,7 @@ class Probe(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every and not control.should_training_stop:
             return
-        forget = self.trainer.forget_accuracy_history[-1][1]
+        forget = self.trainer.forget_accuracy()
         ce = self.trainer._metrics["forget_ce"][-1]
         retain = accuracy(model, self.retain_sample, 256)
         print(f"| {state.global_step} | {forget:.1f} | {retain:.1f} | {ce:.2f} |", flush=True)
@@ -60,7 +60,7 @@ def main() -> None:
     retain_sample = [retain_test[i] for i in range(0, len(retain_test), args.retain_sample_every)]
     trainer = PBUTrainer(model=model, args=config, train_dataset=splits["forget_train"])
     trainer.add_callback(Probe(trainer, retain_sample, args.every))
-    print("| step | forget-train acc. (stop check, %) | retained test acc. (sample, %) | forget CE (batch) |")
+    print("| step | forget-train acc. (whole set, %) | retained test acc. (sample, %) | forget CE (batch) |")
     print("|---|---|---|---|")
     trainer.train()
     model.eval()

@@ -42,11 +42,19 @@ class DataArguments:
         },
     )
     train_split: str = field(default="train", metadata={"help": "Split holding the training data."})
-    test_split: str = field(
-        default="test", metadata={"help": "Split to measure A_Df/A_Dr on; held out of the training split if missing."}
+    eval_split: str | None = field(
+        default=None,
+        metadata={
+            "help": "Split to measure A_Df/A_Dr and the attack's non-members on (labelled, not trained on). Default: "
+            "'test', else 'validation'."
+        },
     )
-    test_size: float = field(
-        default=0.2, metadata={"help": "Fraction of the training split held out when there is no test split."}
+    eval_holdout_fraction: float = field(
+        default=0.0,
+        metadata={
+            "help": "Instead of an evaluation split, hold out this fraction of the training split (stratified, "
+            "seeded); only meaningful if the model was not trained on those images. 0 (default): off."
+        },
     )
     image_column: str | None = field(default=None, metadata={"help": "Image column (default: detected)."})
     label_column: str | None = field(default=None, metadata={"help": "Label column (default: detected)."})

@@ -20,7 +20,6 @@ from torch import nn
 
 from .baselines import METHODS
 from .data import split_by_classes, unlearning_splits, with_image_transform
-from .mia import membership_inference
 from .pipeline import measure
 
 SECTION_TITLE = "## Quality: PBU vs baselines (issue 5)"
@@ -38,7 +37,7 @@ def config_summary(config: Any) -> dict:
     """The JSON-friendly fields of a method's config (TrainingArguments reduced to what shapes the run)."""
     if hasattr(config, "to_dict") and hasattr(config, "alpha"):  # PBUConfig
         keys = ("alpha", "beta", "gamma", "learning_rate", "per_device_train_batch_size", "num_train_epochs",
-                "fisher_estimator", "stop_forget_accuracy", "stop_check_steps", "stop_check_max_samples",
+                "fisher_estimator", "stop_forget_accuracy", "stop_trigger_accuracy", "stop_window_samples",
                 "freeze_batchnorm", "seed")
         full = config.to_dict()
         return {key: full[key] for key in keys}
@@ -70,9 +69,7 @@ def run_cell(
     model = method.unlearn(model, forget, retain, config)
     seconds = time.perf_counter() - start
     model.eval()
-    metrics = measure(model, splits, eval_batch_size)
-    mia = membership_inference(model, splits, eval_batch_size, seed)
-    return {**metrics, "mia": mia, "seconds": seconds}
+    return {**measure(model, splits, eval_batch_size, seed=seed), "seconds": seconds}
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

@@ -1,11 +1,17 @@
 """`PBUConfig`: the `TrainingArguments` of a Partially Blinded Unlearning run."""
 
+import math
+import os
 from dataclasses import dataclass, field
 from typing import Literal
 
 from transformers import TrainingArguments
+from transformers.utils import strtobool
 
-FisherEstimator = Literal["exact", "mc", "empirical"]
+from .forget_losses import FORGET_LOSSES, build_forget_loss
+
+FisherEstimator = Literal["auto", "exact", "mc", "empirical"]
+StopRule = Literal["auto", "forget_accuracy", "plateau"]
 
 
 @dataclass
@@ -14,14 +20,36 @@ class PBUConfig(TrainingArguments):
 
     The objective minimised on the forget data S_n only is
 
-        alpha * (-CE(f_theta(x), y)) + sum_i (beta * F_i + gamma) * (theta_i - theta*_i)^2
+        alpha * forget_term(x, y) + sum_i (beta * F_i + gamma) * (theta_i - theta*_i)^2
+
+    with the paper's forget term -CE(f_theta(x), y) by default (`forget_loss`; the bounded alternatives are in
+    `hf_pbu.forget_losses`).
 
     Defaults follow the reference code (Adam, batch 64, alpha 721, beta 100, gamma 4001), except the learning rate
-    (5e-5, measured: benchmarks/RESULTS.md). The number of epochs is an upper bound: the run stops as soon as the
-    forget accuracy drops to `stop_forget_accuracy`.
+    (5e-5, measured: benchmarks/RESULTS.md). The number of epochs sets an upper bound on optimizer steps, counted as
+    for one process whatever the number of processes (`step_budget`): the run stops as soon as the forget accuracy
+    drops to `stop_forget_accuracy`.
     """
 
-    alpha: float = field(default=721.0, metadata={"help": "Weight of the negative cross-entropy on the forget data."})
+    alpha: float = field(
+        default=721.0, metadata={"help": "Weight of the forget term (the negative cross-entropy by default)."}
+    )
+    forget_loss: str = field(
+        default="neg_ce",
+        metadata={
+            "help": "The forget term: 'neg_ce' (the paper's -CE, unbounded), or bounded terms whose gradient vanishes "
+            "once an image is forgotten: 'npo' ((2/tau) log(1 + (p/p*)^tau), p* the original model's probability of "
+            "the label), 'complement' (-log(1 - p_y)), 'relabel' (CE towards the original model's most likely "
+            "retained class), 'distill' (KL to the original model's distribution over the retained classes), or a "
+            "'+' join such as 'npo+distill'. npo, relabel and distill keep a frozen copy of the original model "
+            "(one more forward per step, the model's memory once more).",
+            "choices": list(FORGET_LOSSES),
+        },
+    )
+    npo_tau: float = field(default=1.0, metadata={"help": "tau of the 'npo' term."})
+    distill_weight: float = field(
+        default=1.0, metadata={"help": "Weight of the 'distill' term relative to the other terms (all times alpha)."}
+    )
     beta: float = field(
         default=100.0, metadata={"help": "Weight of the Fisher-weighted distance to the original parameters."}
     )
@@ -29,13 +57,19 @@ class PBUConfig(TrainingArguments):
         default=4001.0, metadata={"help": "Weight of the plain L2 distance to the original parameters."}
     )
     fisher_estimator: FisherEstimator = field(
-        default="exact",
+        default="auto",
         metadata={
             "help": "Diagonal Fisher estimator: 'exact' (expectation over the model's own softmax, as the reference "
-            "code's classif_logits), 'mc' (labels sampled from the softmax, `fisher_mc_samples` draws per image) or "
-            "'empirical' (the true labels).",
-            "choices": ["exact", "mc", "empirical"],
+            "code's classif_logits; C-1 backward passes per forget image), 'mc' (labels sampled from the softmax, "
+            "`fisher_mc_samples` passes per image), 'empirical' (the true labels; one pass) or 'auto': 'exact' up to "
+            "`fisher_exact_max_classes` classes, else 'mc'. The exact Fisher of a 1000-class model costs about one "
+            "epoch over the whole training set, and on the benchmark models the estimator did not change the "
+            "unlearned model (benchmarks/RESULTS.md, 'Fisher estimator for many classes').",
+            "choices": ["auto", "exact", "mc", "empirical"],
         },
+    )
+    fisher_exact_max_classes: int = field(
+        default=20, metadata={"help": "Under `fisher_estimator='auto'`, the most classes for which it is 'exact'."}
     )
     fisher_mc_samples: int = field(
         default=1, metadata={"help": "Labels drawn per image when `fisher_estimator='mc'`."}
@@ -48,6 +82,14 @@ class PBUConfig(TrainingArguments):
         },
     )
     fisher_batch_size: int = field(default=64, metadata={"help": "Images per batch while computing the Fisher."})
+    fisher_memory_budget: int | None = field(
+        default=None,
+        metadata={
+            "help": "Bytes that the Fisher's chunks of images may take at once (a batch of `fisher_batch_size` runs "
+            "in as many chunks as needed; a chunk that runs out of memory is halved). None: 70 percent of the "
+            "accelerator's free memory, or 2 GiB on CPU."
+        },
+    )
     fisher_cache_dir: str | None = field(
         default=None,
         metadata={
@@ -60,18 +102,40 @@ class PBUConfig(TrainingArguments):
         metadata={
             "help": "Stop once the accuracy (percent) on the forget training data is at or below this value. The "
             "test images of the class follow the training ones within sampling noise; 0.5 leaves a margin for "
-            "the target of <= 1 percent on them."
+            "the target of <= 1 percent on them. Under the 'plateau' stop rule, the run warns when it ends above it."
         },
     )
-    stop_check_steps: int = field(
-        default=1, metadata={"help": "Check the stop criterion every this many optimizer steps."}
-    )
-    stop_check_max_samples: int = field(
-        default=512,
+    stop_rule: StopRule = field(
+        default="auto",
         metadata={
-            "help": "At most this many forget images (a fixed subset, transformed once and kept in memory) are used "
-            "for each stop check; once they pass, the whole forget set is checked before stopping."
+            "help": "'forget_accuracy': stop once the forget accuracy is at or below `stop_forget_accuracy` (right "
+            "for the unbounded 'neg_ce': each further step costs the retained classes). 'plateau': stop once the "
+            "objective (the forget term's mean over an epoch plus the anchor penalty at its end) has not fallen by "
+            "`stop_plateau_tolerance` for `stop_plateau_patience` epochs in a row: a "
+            "bounded term's optimum is a real one, and the steps after the class is gone let the anchors restore "
+            "the retained classes. 'auto': 'forget_accuracy' for 'neg_ce', 'plateau' for bounded terms.",
+            "choices": ["auto", "forget_accuracy", "plateau"],
         },
+    )
+    stop_plateau_tolerance: float = field(
+        default=0.01, metadata={"help": "Relative fall of the objective that counts as progress (plateau rule)."}
+    )
+    stop_plateau_patience: int = field(
+        default=3, metadata={"help": "Epochs without progress after which the plateau rule stops the run."}
+    )
+    stop_trigger_accuracy: float = field(
+        default=5.0,
+        metadata={
+            "help": "The 'forget_accuracy' rule's cheap signal: a step whose training batches (scored by the weights "
+            "about to be updated, read off the logits the step computes anyway) are at or below this accuracy "
+            "(percent) triggers an evaluation of the whole forget set with those same weights. Looser than "
+            "`stop_forget_accuracy` so that a batch with an image or two still recognised does not hide a forget "
+            "set that already passes; after a failed evaluation the next one waits 1, 2, 4, ... steps."
+        },
+    )
+    stop_window_samples: int = field(
+        default=256,
+        metadata={"help": "The 'plateau' rule's window: the forget term is averaged over at least this many images."},
     )
     freeze_batchnorm: bool = field(
         default=True,
@@ -95,14 +159,29 @@ class PBUConfig(TrainingArguments):
     )
     num_train_epochs: float = field(
         default=20.0,
-        metadata={"help": "Upper bound on epochs over the forget data; the stop criterion usually ends the run first."},
+        metadata={
+            "help": "Upper bound on epochs over the forget data, as one process counts them (the step budget when "
+            "`max_steps` is unset); the stop criterion usually ends the run first."
+        },
     )
     lr_scheduler_type: str = field(
         default="constant", metadata={"help": "Learning-rate schedule (reference: constant)."}
     )
     logging_steps: float = field(default=1, metadata={"help": "Log every X optimizer steps."})
+    max_steps: int = field(
+        default=-1,
+        metadata={
+            "help": "Upper bound on optimizer steps. Unset (-1): `num_train_epochs` over the forget data as one "
+            "process would count them (per-device batch and gradient accumulation, not the number of processes), so "
+            "that a run on 8 GPUs has the same step budget as on one and each step sees 8 times the images."
+        },
+    )
     save_steps: float = field(
-        default=50, metadata={"help": "Checkpoint every X steps, so that an interrupted run resumes from there."}
+        default=0.1,
+        metadata={
+            "help": "Checkpoint every X optimizer steps, so that an interrupted run resumes from there; below 1, every "
+            "X of the step budget (0.1: every tenth), whatever the number of processes."
+        },
     )
     save_total_limit: int | None = field(default=1, metadata={"help": "Keep only the last checkpoint."})
     remove_unused_columns: bool = field(
@@ -111,16 +190,77 @@ class PBUConfig(TrainingArguments):
     label_names: list[str] | None = field(
         default_factory=lambda: ["labels"], metadata={"help": "Keys of the inputs that hold the labels."}
     )
+    ddp_timeout: int = field(
+        default=10800,
+        metadata={
+            "help": "Seconds a process waits on the others (`torch.distributed` timeout) before failing. 3 hours: the "
+            "other processes wait behind the main one while it downloads and prepares the dataset, which takes "
+            "hours for ImageNet (transformers' 1800 s would fail them); a collective that truly hangs is also "
+            "reported only after this long."
+        },
+    )
 
     def __post_init__(self):
+        refuse_sharded_training(self)
         super().__post_init__()
-        if self.fisher_estimator not in ("exact", "mc", "empirical"):
+        if self.fisher_estimator not in ("auto", "exact", "mc", "empirical"):
             raise ValueError(
-                f"fisher_estimator={self.fisher_estimator!r} is not one of 'exact', 'mc', 'empirical'."
+                f"fisher_estimator={self.fisher_estimator!r} is not one of 'auto', 'exact', 'mc', 'empirical'."
             )
         if self.fisher_mc_samples < 1:
             raise ValueError("fisher_mc_samples must be at least 1.")
-        if self.stop_check_steps < 1:
-            raise ValueError("stop_check_steps must be at least 1.")
+        build_forget_loss(self.forget_loss, self.npo_tau, self.distill_weight)  # raises on an unknown name
+        if self.npo_tau <= 0 or self.distill_weight < 0:
+            raise ValueError("npo_tau must be positive and distill_weight non-negative.")
+        if self.stop_rule not in ("auto", "forget_accuracy", "plateau"):
+            raise ValueError(f"stop_rule={self.stop_rule!r} is not one of 'auto', 'forget_accuracy', 'plateau'.")
+        if self.stop_plateau_patience < 1:
+            raise ValueError("stop_plateau_patience must be at least 1.")
+        if self.stop_window_samples < 1:
+            raise ValueError("stop_window_samples must be at least 1.")
+        if not 0 <= self.stop_trigger_accuracy <= 100:
+            raise ValueError("stop_trigger_accuracy is a percentage, between 0 and 100.")
         if min(self.alpha, self.beta, self.gamma) < 0:
             raise ValueError("alpha, beta and gamma must be non-negative.")
+
+    @property
+    def resolved_stop_rule(self) -> str:
+        """The stop rule in force: 'auto' resolved by whether the forget term is bounded."""
+        if self.stop_rule != "auto":
+            return self.stop_rule
+        bounded = build_forget_loss(self.forget_loss, self.npo_tau, self.distill_weight).bounded
+        return "plateau" if bounded else "forget_accuracy"
+
+    def fisher_estimator_for(self, num_classes: int) -> str:
+        """The estimator a model with `num_classes` outputs gets: `fisher_estimator`, with 'auto' resolved."""
+        if self.fisher_estimator != "auto":
+            return self.fisher_estimator
+        return "exact" if num_classes <= self.fisher_exact_max_classes else "mc"
+
+    def step_budget(self, num_samples: int) -> int:
+        """Optimizer steps of `num_train_epochs` over `num_samples` forget images in one process (the count
+        `Trainer` makes with a single process), used as `max_steps` when none is given: with N processes, `Trainer`
+        would divide it by N (a budget of <= 40 steps on 8 GPUs where one GPU had 300)."""
+        batches = num_samples / self.train_batch_size
+        batches = math.floor(batches) if self.dataloader_drop_last else math.ceil(batches)
+        updates_per_epoch = max(math.ceil(batches / self.gradient_accumulation_steps), 1)
+        return math.ceil(self.num_train_epochs * updates_per_epoch)
+
+
+def refuse_sharded_training(args: TrainingArguments) -> None:
+    """PBU adds the anchor penalty's gradient to each full parameter's `.grad` and keeps theta* unsharded, which
+    DeepSpeed and FSDP break: refuse them (as arguments, or set by `accelerate launch` in the environment) before
+    any work is done."""
+    requested = [
+        name
+        for name, on in (
+            ("DeepSpeed", args.deepspeed or strtobool(os.environ.get("ACCELERATE_USE_DEEPSPEED", "false"))),
+            ("FSDP", args.fsdp or strtobool(os.environ.get("ACCELERATE_USE_FSDP", "false"))),
+        )
+        if on
+    ]
+    if requested:
+        raise ValueError(
+            f"PBU does not run under {' or '.join(requested)}: it adds the anchor penalty's gradient to each "
+            "parameter's `.grad`, which they shard. Run it with DDP (`accelerate launch --multi_gpu`) or on one device."
+        )

@@ -1,12 +1,23 @@
 """Image-classification data as `datasets` objects, and the splits that unlearning needs."""
 
+import dataclasses
 import io
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value, load_dataset, load_from_disk
+from datasets import (
+    ClassLabel,
+    Dataset,
+    DatasetDict,
+    Features,
+    Image,
+    Value,
+    load_dataset,
+    load_dataset_builder,
+    load_from_disk,
+)
 from PIL import Image as PILImage
 from transformers.utils import logging
 
@@ -15,6 +26,7 @@ from .models import LoadedClassifier, num_classes
 logger = logging.get_logger(__name__)
 
 LABEL_COLUMN_GUESSES = ("label", "labels", "fine_label", "class", "target")
+EVAL_SPLIT_GUESSES = ("test", "validation")
 
 
 def digits_dataset(test_size: float = 0.2, seed: int = 0) -> DatasetDict:
@@ -83,6 +95,9 @@ def resolve_forget_classes(requested: Sequence[int | str], names: Sequence[str])
                              f"{' ...' if len(names) > 20 else ''}.")
     if not resolved:
         raise ValueError("Name at least one class to forget (`--forget_class`).")
+    if len(set(resolved)) == len(names):
+        raise ValueError(f"--forget_class names all {len(names)} classes: forgetting every class leaves no classifier. "
+                         "Name only the classes to forget.")
     return sorted(set(resolved))
 
 
@@ -138,11 +153,15 @@ def open_image(value) -> PILImage.Image:
 
 @dataclass
 class ImageData:
-    """A "train" and a "test" split with the names of their image and label (ClassLabel) columns."""
+    """A "train" and a "test" split with the names of their image and label (ClassLabel) columns; `eval_split`
+    names the source split of "test" (e.g. "validation"), `holdout_fraction` is set when "test" was held out of
+    the training split instead."""
 
     splits: DatasetDict
     image_column: str
     label_column: str
+    eval_split: str = "test"
+    holdout_fraction: float = 0.0
 
     @property
     def names(self) -> list[str]:
@@ -154,15 +173,24 @@ def _is_saved_dataset(path: str | None) -> bool:
 
 
 def _load_source(dataset_name: str | None, dataset_config: str | None, dataset_dir: str | None,
-                 cache_dir: str | None) -> DatasetDict:
+                 cache_dir: str | None, needed: Callable[[list[str]], list[str]]) -> DatasetDict:
+    """The dataset's splits: those that `needed` picks among the available ones, where `datasets` can load splits
+    alone (data files listed per split), so that e.g. ImageNet's unlabelled test split is never prepared."""
     if _is_saved_dataset(dataset_dir) or _is_saved_dataset(dataset_name):
-        saved = load_from_disk(dataset_dir or dataset_name)
+        saved = load_from_disk(dataset_dir or dataset_name)  # memory-mapped: nothing to prepare
         return saved if isinstance(saved, DatasetDict) else DatasetDict(train=saved)
     if dataset_dir and not os.path.isdir(dataset_dir):
         raise FileNotFoundError(f"--dataset_dir {dataset_dir!r} is not a folder.")
     if dataset_name is None and dataset_dir is None:
         raise ValueError("Pass --dataset_name (a Hub dataset id, or 'imagefolder' with --dataset_dir).")
-    return load_dataset(dataset_name or "imagefolder", dataset_config, data_dir=dataset_dir, cache_dir=cache_dir)
+    source = {"path": dataset_name or "imagefolder", "name": dataset_config, "data_dir": dataset_dir,
+              "cache_dir": cache_dir}
+    data_files = load_dataset_builder(**source).config.data_files
+    if data_files:
+        wanted = needed(list(data_files))
+        if len(wanted) < len(data_files):
+            return load_dataset(**source, data_files={split: data_files[split] for split in wanted})
+    return load_dataset(**source)
 
 
 def detect_columns(
@@ -198,36 +226,92 @@ def _encode_labels(data: DatasetDict, label_column: str) -> DatasetDict:
     return data.class_encode_column(label_column)
 
 
+def choose_eval_split(available: Sequence[str], train_split: str, eval_split: str | None,
+                      holdout_fraction: float) -> str | None:
+    """The split to measure A_Df/A_Dr and the MIA's non-members on: `eval_split` if given, else "test", else
+    "validation"; None when part of the training split is to be held out instead (`holdout_fraction`).
+
+    Never a silent hold-out: images held out of the split a model was trained on are not unseen by it."""
+    if holdout_fraction:
+        if not 0 < holdout_fraction < 1:
+            raise ValueError(f"--eval_holdout_fraction must be between 0 and 1, got {holdout_fraction}.")
+        if eval_split is not None:
+            raise ValueError("Pass either --eval_split or --eval_holdout_fraction, not both.")
+        return None
+    if eval_split is not None:
+        if eval_split not in available:
+            raise ValueError(f"The dataset has no split {eval_split!r} (splits: {', '.join(available)}): pass "
+                             "--eval_split with one of them.")
+        if eval_split == train_split:
+            raise ValueError(f"--eval_split {eval_split!r} is the training split: measure on images the model "
+                             "was not trained on.")
+        return eval_split
+    found = next((name for name in EVAL_SPLIT_GUESSES if name in available and name != train_split), None)
+    if found is None:
+        raise ValueError(
+            f"The dataset has no {' or '.join(map(repr, EVAL_SPLIT_GUESSES))} split to measure on (splits: "
+            f"{', '.join(available)}): pass --eval_split with a labelled split the model was not trained on, or "
+            f"--eval_holdout_fraction 0.2 to hold out part of {train_split!r} (only meaningful if the model was not "
+            "trained on those images)."
+        )
+    return found
+
+
+def check_labels(dataset: Dataset, split: str, label_column: str, flag: str) -> None:
+    """Refuse a split with labels outside the dataset's classes (e.g. ImageNet's unlabelled test split, all -1):
+    they would read as a 0% accuracy and break the attack."""
+    count = len(class_names(dataset, label_column))
+    labels = np.asarray(dataset[label_column], dtype=np.int64)
+    bad = labels[(labels < 0) | (labels >= count)]
+    if len(bad):
+        unlabelled = " (it looks unlabelled)" if (bad == -1).all() else ""
+        raise ValueError(
+            f"The {split!r} split has {len(bad)} label(s) outside the classes 0..{count - 1} (e.g. {bad[0]})"
+            f"{unlabelled}: pass {flag} with a labelled split, e.g. {flag} validation."
+        )
+
+
 def load_image_dataset(
     dataset_name: str | None = None,
     dataset_config: str | None = None,
     dataset_dir: str | None = None,
     train_split: str = "train",
-    test_split: str = "test",
+    eval_split: str | None = None,
     image_column: str | None = None,
     label_column: str | None = None,
     cache_dir: str | None = None,
-    test_size: float = 0.2,
+    eval_holdout_fraction: float = 0.0,
     seed: int = 0,
 ) -> ImageData:
     """Any `datasets` image-classification source as a "train" and a "test" split.
 
     Sources: a Hub id (with `dataset_config`), a local `imagefolder` (`dataset_dir` with train/ and test/ folders
     of one sub-folder per class), or a folder written by `save_to_disk`. Images stay undecoded until used, so
-    that an unreadable file is reported by name (`open_image`). A missing test split is held out of the training
-    split with a fixed seed.
+    that an unreadable file is reported by name (`open_image`). "test" is the split `choose_eval_split` picks, or,
+    with `eval_holdout_fraction`, that fraction of the training split held out (stratified, fixed seed).
     """
-    data = _load_source(dataset_name, dataset_config, dataset_dir, cache_dir)
-    if train_split not in data:
-        raise ValueError(f"The dataset has no split {train_split!r} (splits: {', '.join(data)}): pass --train_split.")
+
+    def needed(available: list[str]) -> list[str]:
+        if train_split not in available:
+            raise ValueError(f"The dataset has no split {train_split!r} (splits: {', '.join(available)}): pass "
+                             "--train_split.")
+        source = choose_eval_split(available, train_split, eval_split, eval_holdout_fraction)
+        return [train_split, *([source] if source else [])]
+
+    data = _load_source(dataset_name, dataset_config, dataset_dir, cache_dir, needed)
+    _, *evaluation = needed(list(data))  # again: a saved dataset is loaded whole
+    source = evaluation[0] if evaluation else None
     image_column, label_column = detect_columns(data[train_split].features, image_column, label_column)
-    splits = DatasetDict(train=data[train_split], **({"test": data[test_split]} if test_split in data else {}))
+    splits = DatasetDict(train=data[train_split], **({"test": data[source]} if source else {}))
     splits = _encode_labels(splits, label_column).cast_column(image_column, Image(decode=False))
-    if "test" not in splits:
-        logger.warning(f"The dataset has no {test_split!r} split: holding out {test_size:.0%} of {train_split!r} "
-                       f"(stratified, seed {seed}) as the test split.")
-        splits = splits["train"].train_test_split(test_size=test_size, seed=seed, stratify_by_column=label_column)
-    return ImageData(splits, image_column, label_column)
+    check_labels(splits["train"], train_split, label_column, "--train_split")
+    if source:
+        check_labels(splits["test"], source, label_column, "--eval_split")
+        return ImageData(splits, image_column, label_column, source)
+    logger.warning(f"Measuring on {eval_holdout_fraction:.0%} of {train_split!r} held out (stratified, seed {seed}).")
+    splits = splits["train"].train_test_split(test_size=eval_holdout_fraction, seed=seed,
+                                              stratify_by_column=label_column)
+    return ImageData(splits, image_column, label_column, train_split, eval_holdout_fraction)
 
 
 def _generic(names: Sequence[str]) -> bool:
@@ -276,7 +360,7 @@ def align_labels(data: ImageData, model_names: Sequence[str] | None, model_class
         lookup, target = [list(model_names).index(name) for name in names], model_names
         logger.info("Mapped the dataset's classes to the model's by name.")
     splits = DatasetDict({k: _relabel(v, data.label_column, lookup, target) for k, v in data.splits.items()})
-    return ImageData(splits, data.image_column, data.label_column)
+    return dataclasses.replace(data, splits=splits)
 
 
 def _image_files(folder: str) -> list[str]:
@@ -313,6 +397,19 @@ def forget_folder_dataset(forget_dir: str, forget_classes: Sequence[int], names:
     return Dataset.from_dict({"image": files, "label": labels}, features=features)
 
 
+@dataclass
+class UnlearningData:
+    """What one run unlearns from and measures on: splits transformed for the model (`load_unlearning_splits`),
+    the forget class ids, the class names in the model's id order, and where the test sets come from (`eval_split`,
+    None in forget-only mode; `eval_holdout_fraction` when held out of the training split)."""
+
+    splits: dict[str, Dataset]
+    forget_classes: list[int]
+    names: list[str]
+    eval_split: str | None
+    eval_holdout_fraction: float = 0.0
+
+
 def load_unlearning_splits(
     loaded: LoadedClassifier,
     forget_class: Sequence[int | str],
@@ -321,16 +418,16 @@ def load_unlearning_splits(
     dataset_dir: str | None = None,
     forget_dir: str | None = None,
     train_split: str = "train",
-    test_split: str = "test",
-    test_size: float = 0.2,
+    eval_split: str | None = None,
+    eval_holdout_fraction: float = 0.0,
     image_column: str | None = None,
     label_column: str | None = None,
     match_labels_by_id: bool = False,
     mia_samples: int = 1000,
     cache_dir: str | None = None,
     seed: int = 0,
-) -> tuple[dict[str, Dataset], list[int], list[str]]:
-    """(splits transformed for `loaded.model`, forget class ids, class names in the model's id order).
+) -> UnlearningData:
+    """The run's data, transformed for `loaded.model`.
 
     From a dataset: forget_train, forget_test, retain_test and a retain_train sample for the MIA, labels aligned
     with the model's (`align_labels`). Forget-only (`forget_dir`): forget_train alone; the other splits are empty.
@@ -342,19 +439,19 @@ def load_unlearning_splits(
         forget_train = forget_folder_dataset(forget_dir, forget, names)
         splits = {"forget_train": forget_train, "forget_test": forget_train.select([]),
                   "retain_test": forget_train.select([])}
-        image_column, label_column = "image", "label"
+        image_column, label_column, measured_on = "image", "label", None
         logger.warning("Forget-only mode: no retained data, so A_Dr and the membership-inference attack are skipped.")
     else:
-        data = load_image_dataset(dataset_name, dataset_config, dataset_dir, train_split, test_split, image_column,
-                                  label_column, cache_dir, test_size, seed)
+        data = load_image_dataset(dataset_name, dataset_config, dataset_dir, train_split, eval_split, image_column,
+                                  label_column, cache_dir, eval_holdout_fraction, seed)
         data = align_labels(data, loaded.label_names, classes, by_id=match_labels_by_id)
         names = data.names
         forget = resolve_forget_classes(forget_class, names)
         splits = unlearning_splits(data.splits, forget, label_column=data.label_column,
                                    retain_train_samples=mia_samples, seed=seed)
-        image_column, label_column = data.image_column, data.label_column
+        image_column, label_column, measured_on = data.image_column, data.label_column, data.eval_split
     transformed = {
         name: with_image_transform(split, loaded.transform, image_column, label_column, loaded.in_chans)
         for name, split in splits.items()
     }
-    return transformed, forget, names
+    return UnlearningData(transformed, forget, names, measured_on, eval_holdout_fraction)

@@ -73,6 +73,7 @@ def train_digits_model(save_directory: str, epochs: float = 12, seed: int = 0) -
     args = training_recipe(os.path.join(save_directory, "checkpoints"), epochs, seed)
     train = with_image_transform(data["train"], eval_transform(model))
     ClassifierTrainer(model=model, args=args, train_dataset=train).train()
-    save_for_hf(model.cpu(), save_directory, safe_serialization=True)
+    # The class names go into config.json, where `load_classifier` reads them to match a dataset's labels by name.
+    save_for_hf(model.cpu(), save_directory, model_config={"label_names": names}, safe_serialization=True)
     logger.info(f"Saved the digits classifier to {save_directory}")
     return save_directory

@@ -1,36 +1,21 @@
-"""Sharding and reductions that work the same with one process or many (Accelerate / torch.distributed).
+"""Which process this is, and its share of a dataset, from Accelerate's `PartialState`.
 
-The library's own passes over data (Fisher, accuracy) give each rank a disjoint slice of the dataset instead of a
-padded `DistributedSampler`, so that no sample is counted twice, and sum their totals across ranks.
+The Fisher gives each process a disjoint, unpadded slice of the forget set (a padded `DistributedSampler` would
+count some samples twice) and sums the totals with Accelerate's `reduce`. `PartialState` knows the processes
+whichever way they were started; nothing in hf_pbu calls `torch.distributed` itself.
 """
 
-import torch
-import torch.distributed as dist
+from accelerate import PartialState
 from torch.utils.data import Dataset, Subset
 
 
-def rank_and_world_size() -> tuple[int, int]:
-    """This process's rank and the number of processes (0, 1 when not distributed)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def is_main_process() -> bool:
-    return rank_and_world_size()[0] == 0
+    return PartialState().is_main_process
 
 
 def shard(dataset: Dataset) -> Dataset:
-    """This rank's disjoint, unpadded slice of `dataset` (every `world_size`-th sample)."""
-    rank, world_size = rank_and_world_size()
-    if world_size == 1:
+    """This process's disjoint, unpadded slice of `dataset` (every `num_processes`-th sample)."""
+    state = PartialState()
+    if state.num_processes == 1:
         return dataset
-    return Subset(dataset, range(rank, len(dataset), world_size))
-
-
-def all_reduce_sum_(tensors: list[torch.Tensor]) -> None:
-    """Sum each tensor over all ranks, in place (no-op with one process)."""
-    if rank_and_world_size()[1] == 1:
-        return
-    for tensor in tensors:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return Subset(dataset, range(state.process_index, len(dataset), state.num_processes))

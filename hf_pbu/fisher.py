@@ -12,30 +12,42 @@ so every estimator is a sum of squared vector-Jacobian products J^T v with per-i
 The Fisher diagonal is the mean over images of sum_k (J^T v_k)^2: squares of *per-image* gradients, never of a
 batch-summed gradient. Layers of known types get them from one batched backward per direction
 (`per_sample_grads`); any other parameter from per-image vector-Jacobian products (torch.func.vmap).
+
+Memory: a batch runs in chunks of images sized to a budget (`memory_budget`); a chunk that runs out of memory is
+halved and retried, and only a single image that does not fit is an error. Running sums can be saved per rank while
+they grow, so that an interrupted Fisher resumes; ranks' sums are added through Accelerate.
 """
 
+import gc
 import hashlib
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import reduce
 from huggingface_hub import constants as hub_constants
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.func import functional_call, vjp, vmap
 from transformers.utils import logging
 
-from .distributed import all_reduce_sum_, is_main_process
+from .distributed import is_main_process
 from .models import classifier_logits
 from .modes import eval_mode
-from .per_sample_grads import batch_coupling_modules, squared_gradient_sums
+from .per_sample_grads import PENDING_BUDGET_BYTES, batch_coupling_modules, per_image_bytes, squared_gradient_sums
 
 logger = logging.get_logger(__name__)
 
 ESTIMATORS = ("exact", "mc", "empirical")
-# Upper bound on the memory that the per-image gradients of one vmapped chunk may take.
-PER_SAMPLE_GRAD_BUDGET_BYTES = 1 << 30
+# Share of an accelerator's free memory that the Fisher's chunks may take by default: the rest absorbs the allocator's
+# fragmentation and what the estimate of a chunk's peak misses.
+ACCELERATOR_BUDGET_FRACTION = 0.7
+# Default budget on CPU: the pass is compute-bound there, so chunks beyond a few GiB gain little, and 2 GiB leaves
+# room on any machine that can hold a 200M-parameter model with its Fisher and optimizer state.
+CPU_BUDGET_BYTES = 2 << 30
 
 
 def _exact_factor(probs: torch.Tensor) -> torch.Tensor:
@@ -122,9 +134,9 @@ def _split_batch(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
     return batch[0], (batch[1] if len(batch) > 1 else None)
 
 
-def _squared_vjps_vmapped(model, params, buffers, images, directions) -> dict[str, torch.Tensor]:
+def _squared_vjps_vmapped(model, params, buffers, images, directions, budget: int) -> dict[str, torch.Tensor]:
     """sum over images and directions of (J^T v)^2 for `params` (all or some of the model's), with per-image
-    gradients from torch.func."""
+    gradients from torch.func, vmapped over as many images as their gradients fit in `budget` bytes."""
 
     def one_image(image: torch.Tensor, image_directions: torch.Tensor) -> dict[str, torch.Tensor]:
         def logits_of(p):
@@ -136,7 +148,7 @@ def _squared_vjps_vmapped(model, params, buffers, images, directions) -> dict[st
 
     n_params = sum(p.numel() for p in params.values())
     per_image_bytes = 4 * n_params * (directions.shape[1] + 1)
-    chunk = max(1, min(len(images), PER_SAMPLE_GRAD_BUDGET_BYTES // per_image_bytes))
+    chunk = max(1, min(len(images), budget // per_image_bytes))
     with torch.no_grad():  # the parameters left out of `params` are constants here
         per_image = vmap(one_image, chunk_size=chunk)(images, directions)
     return {name: value.sum(0) for name, value in per_image.items()}
@@ -161,13 +173,39 @@ def _squared_vjps_looped(model, params, images, directions) -> dict[str, torch.T
     return sums
 
 
+def memory_budget(device: torch.device, budget: int | None = None) -> int:
+    """The bytes a Fisher chunk may take: `budget` if given; else, on an accelerator, ACCELERATOR_BUDGET_FRACTION of
+    its free memory now (the model and the optimizer's future state are already counted out or come later, lazily);
+    on CPU, CPU_BUDGET_BYTES (there the pass is compute-bound: bigger chunks gain little, and free RAM is shared)."""
+    if budget is not None:
+        return budget
+    if device.type == "cpu":
+        return CPU_BUDGET_BYTES
+    free, _ = torch.accelerator.get_memory_info(device)
+    return int(free * ACCELERATOR_BUDGET_FRACTION)
+
+
+def _sum_into(total: dict[str, torch.Tensor], part: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    for name, value in part.items():
+        total[name] = total[name] + value if name in total else value
+    return total
+
+
 class _BatchFisher:
     """Per-batch sums of squared per-image scores: handled layers from batched backward passes, the remaining
-    parameters from torch.func (or, if torch.func cannot run the model, one backward per image and direction)."""
+    parameters from torch.func (or, if torch.func cannot run the model, one backward per image and direction).
 
-    def __init__(self, model: nn.Module, named: dict[str, nn.Parameter]):
+    A batch runs in chunks of images sized to the memory budget (estimated from one image's activations); a chunk that
+    runs out of memory is halved and retried, down to one image. Once split, the batch's directions come from one
+    gradient-free forward pass, its images are grouped by their number of nonzero directions (top_mass: fewer for
+    confident images) and every group runs only its own directions."""
+
+    def __init__(self, model: nn.Module, named: dict[str, nn.Parameter], budget: int, autocast, group_by_count: bool):
         self.model = model
         self.named = named
+        self.budget = budget
+        self.autocast = autocast
+        self.group_by_count = group_by_count
         coupling = batch_coupling_modules(model)
         if coupling:
             logger.info(f"Norm layers without running statistics ({coupling[:3]}) couple the images of a batch: "
@@ -175,30 +213,126 @@ class _BatchFisher:
         self.batched = not coupling
         self.use_vmap = True
         self.buffers = dict(model.named_buffers())
+        self.image_bytes: int | None = None
+        self.chunk: int | None = None
 
     def __call__(self, images: torch.Tensor, directions_of) -> dict[str, torch.Tensor]:
+        if self.chunk is None:
+            with self.autocast():
+                self.image_bytes = per_image_bytes(self.model, images, classifier_logits)
+            # A quarter of the budget is left to the output gradients that layers keep across directions.
+            self.chunk = max(1, self.budget * 3 // 4 // self.image_bytes)
+            logger.info(f"Fisher: about {self.image_bytes / 2**20:.0f} MiB per image, chunks of up to {self.chunk} "
+                        f"images for a budget of {self.budget / 2**30:.2f} GiB.")
+        memo: list[torch.Tensor] = []
+
+        def directions_once(logits: torch.Tensor) -> torch.Tensor:
+            if not memo:
+                memo.append(directions_of(logits))
+            return memo[0]
+
+        if self.chunk >= len(images) and not self.group_by_count:
+            try:
+                return self._chunk(images, directions_once)
+            except torch.OutOfMemoryError:
+                pass
+            self._halve(len(images))
+        return self._grouped(images, memo[0] if memo else self._directions(images, directions_once))
+
+    def _directions(self, images: torch.Tensor, directions_of) -> torch.Tensor:
+        """The directions of the whole batch, from its logits in gradient-free chunks."""
+        with torch.no_grad(), self.autocast():
+            logits = torch.cat([self._logits(images[i : i + self.chunk]) for i in range(0, len(images), self.chunk)])
+        return directions_of(logits).to(logits.dtype)
+
+    def _logits(self, images: torch.Tensor) -> torch.Tensor:
         if self.batched:
-            sums, rest, directions = squared_gradient_sums(
-                self.model, self.named, images, directions_of, classifier_logits
+            return classifier_logits(self.model, images)
+        return torch.cat([classifier_logits(self.model, x[None]) for x in images])
+
+    def _grouped(self, images: torch.Tensor, directions: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Chunks of images with the same number of nonzero directions, each with those directions only."""
+        nonzero = directions.flatten(2).any(-1)
+        order = nonzero.to(torch.int8).argsort(dim=1, descending=True, stable=True)
+        directions = directions.gather(1, order.unsqueeze(-1).expand_as(directions))  # nonzero directions first
+        counts = nonzero.sum(1)
+        sums: dict[str, torch.Tensor] = {}
+        for count in counts.unique().tolist():
+            members = (counts == count).nonzero().flatten()
+            start = 0
+            while count and start < len(members):
+                part = members[start : start + self.chunk]
+                try:
+                    _sum_into(sums, self._chunk(images[part], lambda _, d=directions[part, :count]: d))
+                    start += len(part)
+                    continue
+                except torch.OutOfMemoryError:
+                    pass
+                self._halve(len(part))
+        return sums
+
+    def _halve(self, size: int) -> None:
+        """After running out of memory on a chunk of `size` images: free what the failed attempt held, halve."""
+        gc.collect()
+        if torch.accelerator.is_available():
+            torch.accelerator.empty_cache()
+        if size <= 1:
+            raise torch.OutOfMemoryError(
+                "The Fisher of a single image does not fit in memory: lower `fisher_memory_budget` (bytes) if other "
+                "work shares the device, or free memory; `fisher_batch_size` does not help at one image per chunk."
             )
-        else:
-            with torch.no_grad():  # each image's logits on its own, as its per-image gradients see it
-                logits = torch.cat([classifier_logits(self.model, x[None]) for x in images])
-            directions = directions_of(logits).to(logits.dtype)
-            sums, rest = {}, list(self.named)
-        if rest:
-            sums.update(self._general(images, directions, {name: self.named[name] for name in rest}))
+        self.chunk = max(1, size // 2)
+        logger.warning(f"Out of memory on a Fisher chunk of {size} images: retrying with chunks of {self.chunk}. "
+                       "Set `fisher_memory_budget` to size the chunks from the start.")
+
+    def _chunk(self, images: torch.Tensor, directions_of) -> dict[str, torch.Tensor]:
+        with self.autocast():
+            if self.batched:
+                pending = max(1, min(PENDING_BUDGET_BYTES, self.budget // 4 // max(1, len(self.named))))
+                sums, rest, directions = squared_gradient_sums(
+                    self.model, self.named, images, directions_of, classifier_logits, pending
+                )
+            else:
+                with torch.no_grad():  # each image's logits on its own, as its per-image gradients see it
+                    logits = self._logits(images)
+                directions = directions_of(logits).to(logits.dtype)
+                sums, rest = {}, list(self.named)
+            if rest:
+                sums.update(self._general(images, directions, {name: self.named[name] for name in rest}))
         return sums
 
     def _general(self, images, directions, params) -> dict[str, torch.Tensor]:
         if self.use_vmap:
             try:
                 detached = {name: p.detach() for name, p in params.items()}
-                return _squared_vjps_vmapped(self.model, detached, self.buffers, images, directions)
+                budget = max(1, self.budget - len(images) * self.image_bytes)
+                return _squared_vjps_vmapped(self.model, detached, self.buffers, images, directions, budget)
+            except torch.OutOfMemoryError:
+                raise  # halved by the caller, never a reason for the slow loop
             except (RuntimeError, NotImplementedError) as err:
                 logger.warning(f"Per-image gradients via torch.func failed ({err}); looping over images.")
                 self.use_vmap = False
         return _squared_vjps_looped(self.model, params, images, directions)
+
+
+def _load_partial(path: str | None, state: dict[str, torch.Tensor]) -> int:
+    """Load a partial Fisher saved by `_save_partial` into `state`; returns the number of batches it holds."""
+    if path is None or not os.path.exists(path):
+        return 0
+    saved = load_file(path)
+    for key, value in state.items():
+        value.copy_(saved[key])
+    logger.info(f"Resuming the Fisher from {path} after {int(saved['batches'])} batches.")
+    return int(saved["batches"])
+
+
+def _save_partial(path: str, state: dict[str, torch.Tensor], batches: int) -> None:
+    """Write this rank's running sums (atomically: an interruption leaves the previous file intact)."""
+    tensors = {key: value.detach().cpu().contiguous() for key, value in state.items()}
+    tensors["batches"] = torch.tensor(batches)
+    temporary = f"{path}.{os.getpid()}.tmp"
+    save_file(tensors, temporary)
+    os.replace(temporary, path)
 
 
 def compute_fisher_diagonal(
@@ -209,18 +343,27 @@ def compute_fisher_diagonal(
     seed: int = 0,
     show_progress: bool = True,
     top_mass: float | None = None,
+    memory_budget_bytes: int | None = None,
+    autocast: Callable[[], AbstractContextManager] = nullcontext,
+    partial_path: str | None = None,
+    checkpoint_seconds: float = 300.0,
 ) -> dict[str, torch.Tensor]:
     """Diagonal Fisher of `model` on the images of `dataloader`, keyed by `named_parameters()` names.
 
     The mean over images of the per-image squared score, in fp32. BatchNorm and dropout are in eval mode while it
     runs and every submodule's mode is restored afterwards. Batches are dicts with `pixel_values` (and `labels`,
-    needed by the 'empirical' estimator) or `(images, labels)` tuples. Under torch.distributed, each rank passes
-    the loader of its own disjoint shard: sums and image counts are all-reduced, so the result equals the
-    single-process one.
+    needed by the 'empirical' estimator) or `(images, labels)` tuples. Under Accelerate (or torch.distributed), each
+    rank passes the loader of its own disjoint shard: sums and image counts are summed across ranks, so the result
+    equals the single-process one.
 
     `top_mass` (exact estimator only; for many classes): per image, only the most likely classes that together
     hold at least this probability mass enter the expectation. The uncovered mass eps (at most 1 - top_mass) is
     logged; the result is a lower bound of the exact Fisher, equal to it for `top_mass=1`.
+
+    `memory_budget_bytes` sizes the chunks of images that run at once (None: `memory_budget`'s default for the
+    device). `autocast` makes the context the forward passes run in (e.g. the run's bf16 autocast); the sums stay
+    fp32. With `partial_path`, this rank's running sums are saved there at most every `checkpoint_seconds`, and a
+    run that finds the file resumes after the batches it holds (same data, batch size and process count).
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"Unknown Fisher estimator {estimator!r}; choose one of {ESTIMATORS}.")
@@ -233,10 +376,19 @@ def compute_fisher_diagonal(
     uncovered_sum = torch.zeros((), dtype=torch.float64, device=device)
     uncovered_max = torch.zeros((), dtype=torch.float64, device=device)
     generator = torch.Generator().manual_seed(seed)
+    generator_state = generator.get_state()
+    state = {**{f"sum.{name}": value for name, value in sums.items()}, "count": count,
+             "uncovered_sum": uncovered_sum, "uncovered_max": uncovered_max, "generator": generator_state}
+    done = _load_partial(partial_path, state)
+    generator.set_state(generator_state)
+    last_save = time.monotonic()
     with eval_mode(model):
-        batch_fisher = _BatchFisher(model, named)
+        batch_fisher = _BatchFisher(model, named, memory_budget(device, memory_budget_bytes), autocast,
+                                    group_by_count=top_mass is not None)
         batches = logging.tqdm(dataloader, desc="Fisher", disable=not (show_progress and is_main_process()))
-        for batch in batches:
+        for index, batch in enumerate(batches):
+            if index < done:
+                continue
             images, labels = _split_batch(batch)
             images = images.to(device)
             labels = None if labels is None else labels.to(device)
@@ -251,15 +403,21 @@ def compute_fisher_diagonal(
             for name, value in batch_fisher(images, directions_of).items():
                 sums[name] += value.float()
             count += images.shape[0]
-    all_reduce_sum_([*sums.values(), count, uncovered_sum])
-    if count.item() == 0:
+            if partial_path is not None and time.monotonic() - last_save >= checkpoint_seconds:
+                generator_state.copy_(generator.get_state())
+                _save_partial(partial_path, state, index + 1)
+                last_save = time.monotonic()
+    totals = reduce({"sums": sums, "count": count, "uncovered_sum": uncovered_sum}, reduction="sum")
+    total_count = totals["count"].item()
+    if total_count == 0:
         raise ValueError("The Fisher needs at least one forget image; the dataloader was empty.")
     if top_mass is not None:
         logger.info(
             f"Fisher over the classes covering {top_mass:.4g} of each image's probability: uncovered mass eps "
-            f"mean {uncovered_sum.item() / count.item():.3g}, max {uncovered_max.item():.3g} (max on this rank)."
+            f"mean {totals['uncovered_sum'].item() / total_count:.3g}, max {uncovered_max.item():.3g} (max on this "
+            "rank)."
         )
-    return {name: value / count.float() for name, value in sums.items()}
+    return {name: value / total_count for name, value in totals["sums"].items()}
 
 
 def model_fingerprint(model: nn.Module) -> str:
@@ -310,9 +468,13 @@ def load_or_compute_fisher(
     mc_samples: int = 1,
     seed: int = 0,
     top_mass: float | None = None,
+    memory_budget_bytes: int | None = None,
+    autocast: Callable[[], AbstractContextManager] = nullcontext,
 ) -> tuple[dict[str, torch.Tensor], float]:
     """The Fisher from `cache_dir` when this model and data were seen before, else computed (and cached).
 
+    While it is computed, each rank keeps its running sums in a partial file beside the cache entry (keyed by the
+    batch size and the process count too), so that an interrupted run resumes where it stopped.
     Returns the Fisher and the seconds spent computing it (0 when read from the cache).
     """
     path = None if cache_dir is None else fisher_cache_path(
@@ -322,12 +484,25 @@ def load_or_compute_fisher(
         logger.info(f"Loading the Fisher diagonal from the cache {path}")
         device = next(model.parameters()).device
         return {name: t.to(device) for name, t in load_file(path).items()}, 0.0
+    dataloader = make_dataloader()
+    partial = None
+    if path is not None:
+        os.makedirs(cache_dir, exist_ok=True)
+        state = PartialState()
+        batch_size = getattr(dataloader, "batch_size", None)
+        partial = path.replace(
+            ".safetensors", f".partial-b{batch_size}-{state.process_index}-of-{state.num_processes}.safetensors"
+        )
     start = time.perf_counter()
-    fisher = compute_fisher_diagonal(model, make_dataloader(), estimator, mc_samples, seed, top_mass=top_mass)
+    fisher = compute_fisher_diagonal(
+        model, dataloader, estimator, mc_samples, seed, top_mass=top_mass, memory_budget_bytes=memory_budget_bytes,
+        autocast=autocast, partial_path=partial,
+    )
     seconds = time.perf_counter() - start
     if path is not None and is_main_process():
-        os.makedirs(cache_dir, exist_ok=True)
-        partial = f"{path}.{os.getpid()}.tmp"
-        save_file({name: t.contiguous().cpu() for name, t in fisher.items()}, partial)
-        os.replace(partial, path)
+        temporary = f"{path}.{os.getpid()}.tmp"
+        save_file({name: t.contiguous().cpu() for name, t in fisher.items()}, temporary)
+        os.replace(temporary, path)
+    if partial is not None and os.path.exists(partial):
+        os.remove(partial)
     return fisher, seconds

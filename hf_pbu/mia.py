@@ -10,15 +10,11 @@ it the MIA is skipped.
 import numpy as np
 import torch
 import torch.nn.functional as F
-from datasets import Dataset
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
-from torch import nn
 from transformers.utils import logging
-
-from .metrics import predictions
 
 logger = logging.get_logger(__name__)
 
@@ -56,23 +52,21 @@ def member_rate(classifier, members: np.ndarray, non_members: np.ndarray, target
 
 
 def membership_inference(
-    model: nn.Module, splits: dict[str, Dataset], batch_size: int, seed: int = 0
+    outputs: dict[str, tuple[torch.Tensor, torch.Tensor]], seed: int = 0
 ) -> dict[str, float] | None:
-    """Both attacks' member rates (percent) on splits["forget_train"], or None when there is no retained
-    training data (splits["retain_train"]) or retained test data to fit them on.
+    """Both attacks' member rates (percent) on the forget-training samples, from the model's outputs
+    {split: (logits, labels)} (`hf_pbu.metrics.predictions`) on retain_train (members), retain_test (non-members)
+    and forget_train; None when either side to fit them on is missing.
 
     entropy_svc: the reference code's attack, an RBF SVC (C=3) on the entropy of the softmax.
     loss_logistic: logistic regression on `loss_features`, which sees the labels and is usually the stronger.
     """
-    retain_train, retain_test = splits.get("retain_train"), splits.get("retain_test")
-    if retain_train is None or len(retain_train) == 0 or retain_test is None or len(retain_test) == 0:
+    if outputs.get("retain_train") is None or outputs.get("retain_test") is None:
         logger.info("No retained training and test data: skipping the membership-inference attack.")
         return None
-    outputs = {
-        name: predictions(model, splits[name], batch_size) for name in ("retain_train", "retain_test", "forget_train")
-    }
-    entropies = {name: entropy(logits)[:, None] for name, (logits, _) in outputs.items()}
-    features = {name: loss_features(logits, labels) for name, (logits, labels) in outputs.items()}
+    names = ("retain_train", "retain_test", "forget_train")
+    entropies = {name: entropy(outputs[name][0])[:, None] for name in names}
+    features = {name: loss_features(*outputs[name]) for name in names}
     return {
         "entropy_svc": member_rate(
             SVC(C=3, gamma="auto", kernel="rbf"),

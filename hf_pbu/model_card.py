@@ -70,6 +70,16 @@ def load_base_card(base_model: str) -> ModelCard | None:
         return None
 
 
+def card_dataset(dataset_name: str | None, dataset_dir: str | None) -> tuple[str | None, bool]:
+    """(name of the run's data for the card, whether it is a Hub dataset). Local data (an imagefolder, a
+    `save_to_disk` folder) goes by its folder's name and stays out of the card's `datasets` metadata, which the Hub
+    reads as dataset repo ids: "imagefolder" is a loader, not a dataset."""
+    if dataset_dir is None and dataset_name is not None and not os.path.exists(dataset_name):
+        return dataset_name, True
+    local = dataset_dir or dataset_name
+    return (Path(local).absolute().name if local else None), False
+
+
 def card_datasets(card: ModelCard | None) -> list[str]:
     """The datasets named in a model card's metadata (`datasets:`), if any."""
     datasets = card.data.datasets if card is not None else None
@@ -128,12 +138,12 @@ def results_table(results: dict) -> tuple[list[dict], bool]:
     return table, reference is not None
 
 
-def eval_results(results: dict, dataset_name: str | None) -> list[EvalResult]:
+def eval_results(results: dict, dataset_name: str | None, hub_dataset: bool = True) -> list[EvalResult]:
     """After-unlearning A_Df, A_Dr (and MIA) as `EvalResult`s, so the Hub lists them in the model-index."""
     dataset = {
-        "dataset_type": dataset_name or "custom",
+        "dataset_type": dataset_name if dataset_name and hub_dataset else "custom",
         "dataset_name": dataset_name or "custom",
-        "dataset_split": "test",
+        "dataset_split": results.get("eval_split") or "test",
     }
     common = {"task_type": "image-classification", "task_name": "Class unlearning", **dataset}
     after = results["after"]
@@ -157,9 +167,13 @@ def eval_results(results: dict, dataset_name: str | None) -> list[EvalResult]:
 
 def hyperparameters(config: PBUConfig, results: dict) -> list[tuple[str, str]]:
     """(name, value) rows of the run's PBU settings."""
-    estimator = config.fisher_estimator
+    estimator = results.get("fisher_estimator") or config.fisher_estimator
     if estimator == "mc":
         estimator += f" ({config.fisher_mc_samples} sampled label(s) per image)"
+    if estimator == "exact" and config.fisher_top_mass is not None:
+        estimator += f" over each image's classes covering {config.fisher_top_mass:g} of its probability"
+    if config.fisher_estimator == "auto":
+        estimator += f" (auto: 'exact' up to {config.fisher_exact_max_classes} classes)"
     return [
         ("alpha (weight of -CE on the forget data)", f"{config.alpha:g}"),
         ("beta (weight of the Fisher-weighted distance)", f"{config.beta:g}"),
@@ -178,9 +192,9 @@ def hyperparameters(config: PBUConfig, results: dict) -> list[tuple[str, str]]:
         (
             "Stop criterion",
             (
-                f"forget-train accuracy <= {config.stop_forget_accuracy:g}%, checked every "
-                f"{config.stop_check_steps} step(s) on up to {config.stop_check_max_samples} forget images, "
-                "confirmed on the whole forget set"
+                f"forget-train accuracy <= {config.stop_forget_accuracy:g}% on the whole forget set, evaluated "
+                f"when a step's training batches read <= {config.stop_trigger_accuracy:g}%; the run ends with the "
+                "weights that passed"
             ),
         ),
         ("BatchNorm statistics frozen", str(config.freeze_batchnorm)),
@@ -197,9 +211,11 @@ def write_model_card(
     label_names: list[str] | None,
     dataset_name: str | None,
     base_card: ModelCard | None = None,
+    hub_dataset: bool = True,
 ) -> ModelCard:
     """The card of an unlearned model, from a run's results (the dict `hf_pbu.pipeline.unlearn` returns), saved as
-    `output_dir/README.md` whether or not it is pushed."""
+    `output_dir/README.md` whether or not it is pushed. `dataset_name` is listed in the `datasets` metadata only
+    when `hub_dataset` (see `card_dataset`)."""
     if family not in ("timm", "transformers"):
         raise ValueError(f"family must be 'timm' or 'transformers', got {family!r}.")
     base_card = base_card or load_base_card(base_model)
@@ -210,13 +226,13 @@ def write_model_card(
         base_model=base_repo_id,
         library_name=family,
         tags=TAGS + (["timm"] if family == "timm" else []),
-        datasets=[dataset_name] if dataset_name else None,
+        datasets=[dataset_name] if dataset_name and hub_dataset else None,
         license=getattr(base_data, "license", None),
         license_name=getattr(base_data, "license_name", None),
         license_link=getattr(base_data, "license_link", None),
         pipeline_tag="image-classification",
         model_name=repo_id.split("/")[-1],
-        eval_results=eval_results(results, dataset_name) or None,
+        eval_results=eval_results(results, dataset_name, hub_dataset) or None,
     )
     table, has_retrain = results_table(results)
     names = label_names or []
@@ -235,6 +251,8 @@ def write_model_card(
         forgotten=forgotten,
         num_classes=len(label_names) if label_names else None,
         dataset_name=dataset_name,
+        eval_split=results.get("eval_split") or "test",
+        eval_holdout_fraction=results.get("eval_holdout_fraction"),
         forget_train_samples=results["forget_train_samples"],
         hyperparameters=hyperparameters(config, results),
         stopped_at_step=results.get("stopped_at_step"),

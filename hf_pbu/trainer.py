@@ -1,21 +1,28 @@
 """`PBUTrainer`: Partially Blinded Unlearning as a `transformers.Trainer` that trains on the forget data only."""
 
+import copy
+import dataclasses
+import math
+import os
+import time
 from collections import defaultdict
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import TrainOutput
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
 from transformers.utils import logging
 
-from .config import PBUConfig
+from .checkpoints import check_resumable, checkpoint_to_resume, run_signature, write_signature
+from .config import PBUConfig, refuse_sharded_training
 from .distributed import shard
-from .fisher import default_fisher_cache_dir, load_or_compute_fisher
+from .fisher import default_fisher_cache_dir, load_or_compute_fisher, memory_budget
+from .forget_losses import ForgetBatch, build_forget_loss
 from .metrics import accuracy
-from .models import classifier_logits
+from .models import classifier_logits, num_classes
 from .penalty import AnchorPenalty
 
 logger = logging.get_logger(__name__)
@@ -26,53 +33,149 @@ class NonFiniteLossError(RuntimeError):
 
 
 class ForgetStopCallback(TrainerCallback):
-    """Stops training once the accuracy on the forget data is at or below `args.stop_forget_accuracy`.
+    """Ends the run by the trainer's stop rule (`PBUConfig.stop_rule`).
 
-    The negative cross-entropy is unbounded: once the forget class is gone, further steps only erode the retained
-    classes. The check runs at the start and every `args.stop_check_steps` optimizer steps on a fixed subset of at
-    most `args.stop_check_max_samples` forget images (cheap); once the subset passes, the whole forget set must pass
-    too, so a large forget set is not declared gone on a lucky sample.
+    'forget_accuracy' stops once the accuracy on the whole forget set is at or below `args.stop_forget_accuracy`.
+    The negative cross-entropy is unbounded: once the forget class is gone, every further step only erodes the
+    retained classes, so the stop must come at the first step where the class is gone. Evaluating the forget set
+    after every step would cost more than the step itself. The cheap signal is free: the accuracy of the step's own
+    training batches, read off the logits that `compute_loss` computes anyway and summed over processes, and scored
+    by exactly the weights that the optimizer is about to update. So the check runs just before the optimizer step:
+    when the batches are at or below `args.stop_trigger_accuracy`, those weights are evaluated on the whole forget
+    set (eval mode, the run's mixed precision); if they pass, the step's update is undone after the optimizer has
+    run and training stops, with the weights that passed. A failed evaluation is repeated no sooner than 1, 2, 4,
+    ... steps later, so a class whose last images resist does not cost an evaluation every step.
+
+    'plateau' (for bounded forget terms, whose optimum is a real one) stops once the objective has converged: per
+    epoch (the first steps covering as many training images as the forget set holds), the mean forget term plus
+    the anchor penalty at the epoch's end; the run stops after `stop_plateau_patience` windows in a row that did
+    not fall below the best so far by `stop_plateau_tolerance` (relative). The whole forget set's accuracy is then
+    measured and logged, with a warning if it is above `stop_forget_accuracy`. Both rules give every process the
+    same figures (summed over processes), so they stop together.
     """
 
     def __init__(self, trainer: "PBUTrainer"):
         self.trainer = trainer
+        self.step_counts = (0.0, 0.0, 0.0)  # (correct, seen, loss summed over images) of the current step
+        self.failed_checks = 0
+        self.next_check_step = 0
+        self.passed_weights: list[torch.Tensor] | None = None  # the weights that passed, restored after the update
+        self.plateau_sums = [0.0, 0.0]  # (forget loss summed over images, images) of the current plateau window
+        self.best_objective = float("inf")
+        self.stale_windows = 0
 
-    def _check(self, args: PBUConfig, state, control) -> None:
+    def on_pre_optimizer_step(self, args: PBUConfig, state, control, **kwargs):
+        self.step_counts = self.trainer.pop_step_counts()
+        correct, seen, _ = self.step_counts
+        if self.trainer.stop_rule != "forget_accuracy" or seen == 0:
+            return
+        self.trainer.batch_accuracy = 100.0 * correct / seen
+        if self.trainer.batch_accuracy > args.stop_trigger_accuracy or state.global_step < self.next_check_step:
+            return
+        if self._confirm(args, state, control):
+            model = self.trainer.accelerator.unwrap_model(self.trainer.model)
+            self.passed_weights = [p.detach().clone() for p in model.parameters()]
+        else:
+            self.failed_checks += 1
+            self.next_check_step = state.global_step + 2 ** (self.failed_checks - 1)
+
+    @torch.no_grad()
+    def on_optimizer_step(self, args: PBUConfig, state, control, **kwargs):
+        if self.passed_weights is not None:
+            model = self.trainer.accelerator.unwrap_model(self.trainer.model)
+            torch._foreach_copy_(list(model.parameters()), self.passed_weights)
+            self.passed_weights = None
+
+    def on_step_end(self, args: PBUConfig, state, control, **kwargs):
+        if self.trainer.stop_rule == "plateau":
+            start = time.perf_counter()
+            _, seen, loss_sum = self.step_counts
+            ends = self._plateau_reached(args, seen, loss_sum)
+            self.trainer.stop_check_seconds += time.perf_counter() - start
+            if ends:
+                self._confirm(args, state, control)
+
+    def _plateau_reached(self, args: PBUConfig, seen: float, loss_sum: float) -> bool:
+        self.plateau_sums[0] += loss_sum
+        self.plateau_sums[1] += seen
+        if self.plateau_sums[1] < len(self.trainer.train_dataset):
+            return False
+        trainer = self.trainer
+        penalty = trainer.penalty.value(trainer.accelerator.unwrap_model(trainer.model))[0].item()
+        objective = self.plateau_sums[0] / self.plateau_sums[1] + penalty
+        trainer.plateau_history.append(objective)
+        self.plateau_sums = [0.0, 0.0]
+        progress = self.best_objective - objective
+        if not math.isfinite(self.best_objective) or progress > args.stop_plateau_tolerance * abs(self.best_objective):
+            self.best_objective, self.stale_windows = objective, 0
+        else:
+            self.stale_windows += 1
+        return self.stale_windows >= args.stop_plateau_patience
+
+    def _confirm(self, args: PBUConfig, state, control) -> bool:
+        """Evaluate the whole forget set with the current weights, end the run by the rule; whether it ended."""
+        if torch.accelerator.is_available():
+            torch.accelerator.synchronize()  # the step's queued kernels belong to the step's time, not the check's
+        start = time.perf_counter()
         forget_accuracy = self.trainer.forget_accuracy()
-        if forget_accuracy <= args.stop_forget_accuracy and self.trainer.stop_check_is_subset:
-            forget_accuracy = self.trainer.forget_accuracy(full=True)
+        self.trainer.stop_check_seconds += time.perf_counter() - start
         self.trainer.forget_accuracy_history.append((state.global_step, forget_accuracy))
-        if forget_accuracy <= args.stop_forget_accuracy:
-            self.trainer.stopped_at_step = state.global_step
+        if self.trainer.stop_rule == "plateau":
+            message = (f"The objective has not fallen by {args.stop_plateau_tolerance:g} (relative) for "
+                       f"{args.stop_plateau_patience} windows: stopping at step {state.global_step}, forget accuracy "
+                       f"{forget_accuracy:.2f}%.")
+            if forget_accuracy > args.stop_forget_accuracy:
+                logger.warning(f"{message} That is above stop_forget_accuracy={args.stop_forget_accuracy}%: raise "
+                               "`alpha` or `learning_rate`.")
+            else:
+                logger.info(message)
+        elif forget_accuracy <= args.stop_forget_accuracy:
             logger.info(
-                f"Forget accuracy {forget_accuracy:.2f}% <= {args.stop_forget_accuracy}% at step "
-                f"{state.global_step}: the forget class is gone, stopping."
+                f"Forget accuracy {forget_accuracy:.2f}% <= {args.stop_forget_accuracy}% after {state.global_step} "
+                "updates: the forget class is gone, stopping with these weights."
             )
-            control.should_training_stop = True
+        else:
+            logger.info(
+                f"The step's training batches read {self.trainer.batch_accuracy:.2f}% on the forget class, the whole "
+                f"forget set {forget_accuracy:.2f}% after {state.global_step} updates: carrying on."
+            )
+            return False
+        self.trainer.stopped_at_step = state.global_step
+        control.should_training_stop = True
+        return True
 
-    def on_train_begin(self, args, state, control, **kwargs):
-        self._check(args, state, control)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step % args.stop_check_steps == 0:
-            self._check(args, state, control)
+    def on_save(self, args, state, control, **kwargs):
+        """Each checkpoint carries the run's signature, checked when it is resumed."""
+        if state.is_world_process_zero and self.trainer.run_signature is not None:
+            folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+            write_signature(folder, self.trainer.run_signature)
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.trainer.stopped_at_step is None:
+            criterion = (
+                "the objective's plateau" if self.trainer.stop_rule == "plateau"
+                else f"forget accuracy <= {args.stop_forget_accuracy}%"
+            )
             logger.warning(
                 f"Training ended after {state.global_step} steps without reaching the stop criterion "
-                f"(forget accuracy <= {args.stop_forget_accuracy}%): raise `num_train_epochs`, `alpha` or "
-                "`learning_rate`."
+                f"({criterion}): raise `num_train_epochs`, `alpha` or `learning_rate`."
             )
 
 
 class PBUTrainer(Trainer):
     """Unlearns the classes of `train_dataset` (the forget set S_n, the only data PBU sees) by minimising
 
-        alpha * (-CE) + sum_i (beta * F_i + gamma) * (theta_i - theta*_i)^2
+        alpha * forget_term + sum_i (beta * F_i + gamma) * (theta_i - theta*_i)^2
 
-    theta* is the model as passed in; F is its diagonal Fisher on the forget set, computed at init (or read from
-    `args.fisher_cache_dir`, or given as `fisher`). Training stops by itself once the forget class is gone.
+    with forget_term = -CE (the paper's) or a bounded term chosen by `args.forget_loss` (`hf_pbu.forget_losses`).
+    theta* is the model as passed in; F is its diagonal Fisher on the forget set, computed at the start of `train`
+    (or read from `args.fisher_cache_dir`, or given as `fisher`), before a checkpoint's weights are loaded; so is the
+    frozen reference copy of the model that some bounded terms compare with. Building the trainer is cheap and places
+    the model on `args.device`, so the model can be measured there first. Training stops by itself
+    (`args.stop_rule`): once the forget class is gone, or, for bounded terms, once the objective has converged.
+    `run_metadata` (e.g. model id, revision, forget classes) joins the run's signature, which a checkpoint must match
+    to be resumed. `forget_classes`: the ids of every class being forgotten, which the 'relabel' and 'distill' terms
+    exclude from the retained classes; by default the labels present in the forget set (one pass over it).
     """
 
     def __init__(
@@ -81,39 +184,86 @@ class PBUTrainer(Trainer):
         args: PBUConfig,
         train_dataset: Dataset,
         fisher: dict[str, torch.Tensor] | None = None,
+        run_metadata: dict | None = None,
+        forget_classes: list[int] | None = None,
         **kwargs,
     ):
         if not isinstance(args, PBUConfig):
             raise TypeError("PBUTrainer needs a `PBUConfig` as `args`.")
+        refuse_sharded_training(args)
         if train_dataset is None or len(train_dataset) == 0:
             raise ValueError("PBU trains on the forget data alone, and the forget set is empty.")
+        if args.max_steps <= 0:
+            args = dataclasses.replace(args, max_steps=args.step_budget(len(train_dataset)))
+            logger.info(
+                f"Step budget: {args.max_steps} optimizer steps ({args.num_train_epochs:g} epochs over "
+                f"{len(train_dataset)} forget images, counted as for one process); the stop criterion usually ends "
+                "the run first."
+            )
         super().__init__(model=model, args=args, train_dataset=train_dataset, **kwargs)
         self.loss_is_scaled_for_ga = False  # the loss is a per-batch mean: let Trainer divide by the GA steps
         self._metrics: dict[str, list[float]] = defaultdict(list)
-        self.stopped_at_step: int | None = None
-        self.forget_accuracy_history: list[tuple[int, float]] = []  # (step, percent), from the stop checks
+        self._given_fisher = fisher
+        self._penalty: AnchorPenalty | None = None
+        self.forget_loss = build_forget_loss(args.forget_loss, args.npo_tau, args.distill_weight)
+        self.stop_rule = args.resolved_stop_rule
+        self._reference: nn.Module | None = None
+        self._given_forget_classes = forget_classes
+        self._forget_classes: torch.Tensor | None = None
         self.fisher_seconds = 0.0
-        if fisher is None:
-            fisher, self.fisher_seconds = self._fisher()
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
-            raise ValueError(
-                "PBUTrainer adds the anchor penalty's gradient to each parameter's `.grad`, which DeepSpeed and FSDP "
-                "shard: run it with DDP (`accelerate launch --multi_gpu`) or on one device."
-            )
-        self.penalty = AnchorPenalty(self.model, fisher, args.beta, args.gamma)
+        self.fisher_estimator: str | None = None  # `args.fisher_estimator` with 'auto' resolved, once computed
+        self.fisher_memory: dict[str, int | None] = {}  # budget_bytes, peak_bytes (accelerator only) of the Fisher
+        self.run_metadata = run_metadata
+        self.run_signature: dict | None = None
         self._norm_layers = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        subset = self._subset(train_dataset, args.stop_check_max_samples, args.seed)
-        self.stop_check_is_subset = len(subset) < len(train_dataset)
-        # Checked after every step: its images are transformed once and kept in memory.
-        self._stop_check_dataset = [subset[i] for i in range(len(subset))]
+        self._step_counts = [0.0, 0.0, 0.0]  # (correct, seen, loss * images) of the current optimizer step
+        self.stopped_at_step: int | None = None
+        self.batch_accuracy: float | None = None  # the stop check's cheap signal: the last step's training batches
+        self.forget_accuracy_history: list[tuple[int, float]] = []  # (step, percent) of whole-forget-set checks
+        self.plateau_history: list[float] = []  # the plateau rule's objective, one per window
+        self.stop_check_seconds = 0.0
         self.add_callback(ForgetStopCallback(self))
 
-    @staticmethod
-    def _subset(dataset: Dataset, max_samples: int, seed: int) -> Dataset:
-        if len(dataset) <= max_samples:
-            return dataset
-        indices = np.random.default_rng(seed).choice(len(dataset), max_samples, replace=False)
-        return Subset(dataset, sorted(indices.tolist()))
+    @property
+    def penalty(self) -> AnchorPenalty:
+        return self.prepare_penalty()
+
+    def prepare_penalty(self) -> AnchorPenalty:
+        """theta* and w = beta * F + gamma, built on the first call (the start of `train`, or an evaluation before
+        it) from the model as it is then: the source model."""
+        if self._penalty is None:
+            fisher = self._given_fisher
+            if fisher is None:
+                fisher, self.fisher_seconds = self._fisher()
+            self._penalty = AnchorPenalty(self.model, fisher, self.args.beta, self.args.gamma)
+            self._given_fisher = None
+        return self._penalty
+
+    def prepare_reference(self) -> None:
+        """The frozen copy of the original model and the forget class ids, for the forget terms that need them
+        (nothing otherwise): built on the first call (the start of `train`, or an evaluation before it) from the
+        model as it is then, the source model. The copy costs the model's memory once more and one forward per step,
+        in eval mode and the run's mixed precision (as TRL's `ref_model`)."""
+        if self.forget_loss.needs_reference and self._reference is None:
+            self._reference = copy.deepcopy(self.accelerator.unwrap_model(self.model)).eval().requires_grad_(False)
+        if self.forget_loss.needs_forget_classes and self._forget_classes is None:
+            classes = self._given_forget_classes or self._labels_of_forget_set()
+            self._forget_classes = torch.tensor(sorted(set(classes)), dtype=torch.long, device=self.args.device)
+
+    def _labels_of_forget_set(self) -> list[int]:
+        """The labels present in the whole forget set (every process reads all of it, so all agree)."""
+        loader = DataLoader(self.train_dataset, batch_size=self.args.per_device_eval_batch_size,
+                            collate_fn=self.data_collator, num_workers=self.args.dataloader_num_workers)
+        return sorted({int(label) for batch in loader for label in batch["labels"]})
+
+    def _forget_batch(self, logits: torch.Tensor, inputs: dict) -> ForgetBatch:
+        """The forget term's inputs: fp32 logits, labels and, where needed, the reference model's logits."""
+        self.prepare_reference()
+        reference_logits = None
+        if self._reference is not None:
+            with torch.no_grad(), self.accelerator.autocast():
+                reference_logits = classifier_logits(self._reference, inputs["pixel_values"]).float()
+        return ForgetBatch(logits.float(), inputs["labels"], reference_logits, self._forget_classes)
 
     def _loader(self, dataset: Dataset, batch_size: int) -> DataLoader:
         return DataLoader(
@@ -124,41 +274,58 @@ class PBUTrainer(Trainer):
         )
 
     def _fisher(self) -> tuple[dict[str, torch.Tensor], float]:
+        """The Fisher within its memory budget (resolved now, from the free accelerator memory unless given), with
+        the budget and the accelerator's peak memory while computing it kept in `fisher_memory` for the results."""
         args = self.args
         cache_dir = args.fisher_cache_dir or default_fisher_cache_dir()
-        return load_or_compute_fisher(
+        budget = memory_budget(args.device, args.fisher_memory_budget)
+        self.fisher_estimator = args.fisher_estimator_for(num_classes(self.model))
+        if args.fisher_estimator == "auto":
+            logger.info(f"Fisher estimator: {self.fisher_estimator} (auto, for {num_classes(self.model)} classes)")
+        on_accelerator = args.device.type != "cpu"
+        if on_accelerator:
+            torch.accelerator.reset_peak_memory_stats(args.device)
+        fisher, seconds = load_or_compute_fisher(
             self.model,
             self.train_dataset,
             lambda: self._loader(self.train_dataset, args.fisher_batch_size),
             cache_dir=None if cache_dir.lower() == "none" else cache_dir,
-            estimator=args.fisher_estimator,
+            estimator=self.fisher_estimator,
             mc_samples=args.fisher_mc_samples,
             seed=args.seed,
             top_mass=args.fisher_top_mass,
+            memory_budget_bytes=budget,
+            autocast=self.accelerator.autocast,  # the run's precision; the sums stay fp32
         )
+        peak = torch.accelerator.max_memory_allocated(args.device) if on_accelerator else None
+        self.fisher_memory = {"budget_bytes": budget, "peak_bytes": peak}
+        return fisher, seconds
 
-    def forget_accuracy(self, full: bool = False) -> float:
-        """Accuracy (percent) on the fixed stop-check subset of the forget training data (all of it if `full`),
-        in eval mode."""
-        return accuracy(
-            self.model,
-            self.train_dataset if full else self._stop_check_dataset,
-            batch_size=self.args.per_device_eval_batch_size,
-            collate_fn=self.data_collator,
-            num_workers=self.args.dataloader_num_workers,
-        )
+    def forget_accuracy(self) -> float:
+        """Accuracy (percent) on the whole forget training set, in eval mode and the run's mixed precision, with
+        `dataloader_num_workers`: each image counted once whatever the number of processes."""
+        args = self.args
+        return accuracy(self.model, self.train_dataset, args.per_device_eval_batch_size, self.data_collator,
+                        args.dataloader_num_workers, self.accelerator)
+
+    def pop_step_counts(self) -> tuple[float, float, float]:
+        """(correct, seen, loss summed over images) of the optimizer step just ended, summed over processes; then
+        reset."""
+        counts, self._step_counts = tuple(self._step_counts), [0.0, 0.0, 0.0]
+        return counts
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """alpha * (-CE) on the batch; in training the penalty enters through its gradient alone (`training_step`),
-        in evaluation its value is added."""
+        """alpha * forget_term on the batch; in training the penalty enters through its gradient alone
+        (`training_step`), in evaluation its value is added."""
         if model.training and self.args.freeze_batchnorm:
             for layer in self._norm_layers:
                 layer.eval()
         logits = classifier_logits(model, inputs["pixel_values"])
-        forget_ce = F.cross_entropy(logits.float(), inputs["labels"])
-        loss = -self.args.alpha * forget_ce
+        loss = self.args.alpha * self.forget_loss(self._forget_batch(logits, inputs))
         if model.training:
-            self._check_finite(loss, forget_ce)
+            with torch.no_grad():
+                forget_ce = F.cross_entropy(logits.float(), inputs["labels"])
+            self._check_finite_and_count(loss, forget_ce, logits, inputs["labels"])
             self._metrics["forget_ce"].append(forget_ce.item())
         else:
             loss = loss + self.penalty.value(self.accelerator.unwrap_model(model))[0]
@@ -174,36 +341,63 @@ class PBUTrainer(Trainer):
             self.penalty.add_gradient_(self.accelerator.unwrap_model(model), scale)
         return loss
 
-    def _check_finite(self, loss: torch.Tensor, forget_ce: torch.Tensor) -> None:
-        bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+    def _check_finite_and_count(
+        self, loss: torch.Tensor, forget_ce: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor
+    ) -> None:
+        """Raise if the loss is non-finite on any process; add the batch's correct predictions and loss to the step's
+        counts (the stop rules' signals). One reduction of four numbers serves both."""
+        stats = torch.stack([
+            (~torch.isfinite(loss.detach())).float(),
+            (logits.detach().argmax(-1) == labels).sum().float(),
+            torch.tensor(float(labels.numel()), device=loss.device),
+            loss.detach().float() * labels.numel(),
+        ])
         if self.accelerator.num_processes > 1:
-            bad = self.accelerator.reduce(bad, reduction="sum")
-        if bad.item() > 0:
+            stats = self.accelerator.reduce(stats, reduction="sum")
+        bad, correct, seen, loss_sum = stats.tolist()
+        if bad > 0:
             raise NonFiniteLossError(
                 f"The PBU loss became non-finite at step {self.state.global_step} (forget CE {forget_ce.item()}). "
                 "Training stopped before applying it, so the model keeps the weights of the last finite step. "
                 "Lower `alpha` or `learning_rate`, or tighten `stop_forget_accuracy`."
             )
+        self._step_counts[0] += correct
+        self._step_counts[1] += seen
+        self._step_counts[2] += loss_sum
 
-    def train(self, *args, **kwargs) -> TrainOutput:
-        """`Trainer.train`, ending cleanly (last good weights kept) if the loss turns non-finite."""
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs) -> TrainOutput:
+        """`Trainer.train`, after the run's signature (checked against the checkpoint resumed, if any) and the
+        penalty are taken from the source model; ends cleanly (last good weights kept) if the loss turns
+        non-finite. The metrics add `fisher_seconds` and `stop_check_seconds` to `train_runtime`."""
+        checkpoint = checkpoint_to_resume(resume_from_checkpoint, self.args.output_dir)
+        if checkpoint is not None or self.args.save_strategy != "no":
+            self.run_signature = run_signature(self.model, self.train_dataset, self.args, self.run_metadata)
+        if checkpoint is not None:
+            check_resumable(checkpoint, self.run_signature, self.args.output_dir)
+        self.prepare_penalty()  # from the source model, before a checkpoint's weights are loaded
+        self.prepare_reference()
         try:
-            return super().train(*args, **kwargs)
+            output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
         except NonFiniteLossError as err:
             logger.error(str(err))
             self.stopped_at_step = None
-            return TrainOutput(self.state.global_step, float("nan"), {"non_finite_loss": 1.0})
+            output = TrainOutput(self.state.global_step, float("nan"), {"non_finite_loss": 1.0})
+        output.metrics.update(fisher_seconds=self.fisher_seconds, stop_check_seconds=self.stop_check_seconds)
+        return output
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Adds the penalty terms at the current weights (so `loss` is the PBU objective: the mean of alpha * (-CE)
-        since the last log plus the penalty now), the mean forget CE since the last log (averaged over processes)
-        and the latest forget accuracy of the stop check."""
+        """Adds the penalty terms at the current weights (so `loss` is the PBU objective: the mean of
+        alpha * forget_term since the last log plus the penalty now), the mean forget CE since the last log (averaged
+        over processes) and the stop check's latest figures: the recent training batches' accuracy and the whole
+        forget set's."""
         if "loss" in logs:
             weighted, squared = self.penalty.value(self.accelerator.unwrap_model(self.model))
             l2_term = self.args.gamma * squared.item()
             logs.update(
                 loss=logs["loss"] + weighted.item(), fisher_penalty=weighted.item() - l2_term, l2_penalty=l2_term
             )
+            if self.batch_accuracy is not None:
+                logs["forget_batch_accuracy"] = self.batch_accuracy
             if self.forget_accuracy_history:
                 logs["forget_accuracy"] = self.forget_accuracy_history[-1][1]
         if self._metrics and "loss" in logs:

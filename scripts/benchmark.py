@@ -39,7 +39,6 @@ from hf_pbu.benchmark import (
 from hf_pbu.data import class_names, digits_dataset
 from hf_pbu.demo import eval_transform, train_digits_model, training_recipe
 from hf_pbu.fashion_mnist import DEFAULT_DIR, fashion_mnist_dataset, train_fashion_mnist_model
-from hf_pbu.mia import membership_inference
 from hf_pbu.pipeline import measure
 
 logger = logging.get_logger(__name__)
@@ -173,16 +172,16 @@ def write_markdown(results_dir: str) -> None:
     parts = [
         SECTION_TITLE, "",
         (
-            "Class unlearning on real images, one forget class at a time. A_Df: test accuracy on the forgotten "
-            "class (0 is ideal); A_Dr: test accuracy on the other classes (the retrain oracle's value is ideal). "
-            "MIA: share (percent) of forget-training images that a membership-inference attack fitted on retained train "
-            "(members) vs retained test (non-members) calls members (`hf_pbu.mia`: SVC on the softmax entropy as in "
-            "the PBU reference code, and logistic regression on loss features); lower means the forget data looks "
-            "unseen. Time: wall seconds of the method alone (PBU's includes its Fisher: cache off), one torch thread "
-            "(`OMP_NUM_THREADS=1`) on a 2-core CPU shared with other jobs, so only roughly comparable. Mean ± std "
-            "over seeds; the seed changes the unlearning run (data order, noise, random teacher, retrain "
-            "initialisation), not the base model; SSD is deterministic and runs once per class. Data needed: PBU sees "
-            "only the forget data."
+            "Class unlearning on real images, one forget class at a time. A_Df: test accuracy on the forgotten class "
+            "(0 is ideal); A_Dr: test accuracy on the other classes (the retrain oracle's value is ideal). MIA: share "
+            "(percent) of forget-training images that a membership-inference attack fitted on retained train (members) "
+            "vs retained test (non-members) calls members (`hf_pbu.mia`: SVC on the softmax entropy as in the PBU "
+            "reference code, and logistic regression on loss features); lower means the forget data looks unseen. "
+            "Time: wall seconds of the method alone (PBU's includes its Fisher: cache off), one torch thread "
+            "(`OMP_NUM_THREADS=1`) on a 2-core CPU shared with other jobs, so only roughly comparable. Mean ± std over "
+            "seeds; the seed changes the unlearning run (data order, noise, random teacher, retrain initialisation), "
+            "not the base model; SSD is deterministic and runs once per class. Data needed: PBU sees only the forget "
+            "data."
         ), "",
     ]
     for dataset in DATASETS:
@@ -242,9 +241,7 @@ def main() -> None:
             splits_cache = {forget_class: cell_splits(data, transform, forget_class, args.mia_members)}
         splits = splits_cache[forget_class]
         if str(forget_class) not in results["original"] and str(forget_class) not in meta["original"]:
-            original = measure(base_model, splits, args.eval_batch_size)
-            original["mia"] = membership_inference(base_model, splits, args.eval_batch_size)
-            meta["original"][str(forget_class)] = original
+            meta["original"][str(forget_class)] = measure(base_model, splits, args.eval_batch_size)
         record = run_cell(method, config, base_model, splits, args.eval_batch_size, seed)
         record.update(method=method, forget_class=forget_class, seed=seed, config_key=key,
                       data_needed=METHODS[method].data_needed, config=config_summary(config))

@@ -23,7 +23,7 @@ from transformers.utils import logging
 from hf_pbu import PBUConfig
 from hf_pbu.arguments import DataArguments, ModelArguments
 from hf_pbu.data import load_unlearning_splits
-from hf_pbu.model_card import card_datasets, load_base_card, write_model_card
+from hf_pbu.model_card import card_dataset, card_datasets, load_base_card, write_model_card
 from hf_pbu.models import load_classifier, save_classifier
 from hf_pbu.pipeline import format_results_table, resume_checkpoint, save_results, unlearn
 from hf_pbu.publish import HubPushError, push_unlearned_model
@@ -59,16 +59,18 @@ def run(model_args: ModelArguments, data_args: DataArguments, config: PBUConfig)
         data_args.dataset_name = named[0]
         logger.info(f"Using the dataset named in the model card: {named[0]}")
     with config.main_process_first(desc="loading the dataset"):
-        splits, forget, names = load_unlearning_splits(
-            loaded, cache_dir=model_args.cache_dir, seed=config.seed, **asdict(data_args)
-        )
-    trainer, results = unlearn(loaded.model, config, splits, forget, resume_checkpoint(config))
+        data = load_unlearning_splits(loaded, cache_dir=model_args.cache_dir, seed=config.seed, **asdict(data_args))
+    trainer, results = unlearn(loaded.model, config, data.splits, data.forget_classes, resume_checkpoint(config),
+                               data.eval_split)
+    if data.eval_holdout_fraction:
+        results["eval_holdout_fraction"] = data.eval_holdout_fraction
     if trainer.is_world_process_zero():
         reload = save_classifier(loaded, trainer.model, config.output_dir)
         path = save_results(results, config.output_dir)
+        dataset_name, hub_dataset = card_dataset(data_args.dataset_name, data_args.dataset_dir)
         write_model_card(config.output_dir, results, config, model_args.model_id, loaded.family,
-                         loaded.label_names or names, data_args.dataset_name, base_card)
-        print(f"\nForgot {', '.join(names[c] for c in forget)} of {model_args.model_id} using "
+                         loaded.label_names or data.names, dataset_name, base_card, hub_dataset)
+        print(f"\nForgot {', '.join(data.names[c] for c in data.forget_classes)} of {model_args.model_id} using "
               f"{results['forget_train_samples']} forget images.")
         print(format_results_table(results))
         print(f"Unlearned model: {reload}")

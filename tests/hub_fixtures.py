@@ -25,31 +25,60 @@ TINY_INPUT = {"input_size": (3, 32, 32), "crop_pct": 1.0, "interpolation": "bili
               "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
 
 
+def fit_to_digits(model, transform, classes: int) -> None:
+    """Train `model` briefly (seconds) on scikit-learn's digits 0..classes-1, so that it recognises them as a
+    user's model recognises its classes: a run refuses to unlearn a class its model scores near chance on."""
+    import tempfile
+
+    from transformers import TrainingArguments
+
+    from hf_pbu.classifier_training import ClassifierTrainer
+    from hf_pbu.data import digits_dataset, with_image_transform
+
+    train = digits_dataset()["train"].filter(lambda label: label < classes, input_columns="label")
+    with tempfile.TemporaryDirectory() as output_dir:
+        args = TrainingArguments(output_dir=output_dir, num_train_epochs=4, learning_rate=3e-3,
+                                 per_device_train_batch_size=32, save_strategy="no", report_to="none",
+                                 remove_unused_columns=False, use_cpu=True, disable_tqdm=True)
+        ClassifierTrainer(model=model, args=args, train_dataset=with_image_transform(train, transform)).train()
+    model.cpu().eval()
+
+
 def save_tiny_timm(folder: str, names: list[str], seed: int = 0) -> str:
-    """timm's `test_resnet`, narrowed (25k parameters), with len(names) classes at 32x32, saved with `save_for_hf`
-    (timm's Hub layout; the narrowing is stored in config.json's model_args)."""
+    """timm's `test_resnet`, narrowed (25k parameters), with len(names) classes at 32x32, fitted to the first
+    digits (`fit_to_digits`) and saved with `save_for_hf` (timm's Hub layout; the narrowing is stored in
+    config.json's model_args)."""
     import torch
+
+    from hf_pbu.demo import eval_transform
 
     torch.manual_seed(seed)
     narrow = {"channels": (8, 16, 16, 16), "stem_width": 8}
     model = timm.create_model("test_resnet", num_classes=len(names), pretrained_cfg_overlay=TINY_INPUT, **narrow)
+    fit_to_digits(model, eval_transform(model), len(names))
     save_for_hf(model, folder, model_config={"label_names": list(names)}, model_args=narrow, safe_serialization=True)
     return folder
 
 
 def save_tiny_transformers(folder: str, names: list[str], seed: int = 0) -> str:
-    """A two-stage transformers ResNet with a ConvNeXt-style image processor, saved with `save_pretrained`."""
+    """A two-stage transformers ResNet with a ConvNeXt-style image processor, fitted to the first digits
+    (`fit_to_digits`) and saved with `save_pretrained`."""
     import torch
     from transformers import ConvNextImageProcessor, ResNetConfig, ResNetForImageClassification
+
+    from hf_pbu.models import processor_transform
 
     torch.manual_seed(seed)
     config = ResNetConfig(
         embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=len(names),
         id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
     )
-    ResNetForImageClassification(config).save_pretrained(folder)
-    ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=0.875, image_mean=[0.5] * 3,
-                           image_std=[0.5] * 3).save_pretrained(folder)
+    model = ResNetForImageClassification(config)
+    processor = ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=0.875, image_mean=[0.5] * 3,
+                                       image_std=[0.5] * 3)
+    fit_to_digits(model, processor_transform(processor), len(names))
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
     return folder
 
 

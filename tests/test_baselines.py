@@ -14,6 +14,7 @@ from hf_pbu import PBUConfig
 from hf_pbu.baselines import METHODS
 from hf_pbu.baselines.bad_teaching import BadTeachingConfig
 from hf_pbu.baselines.finetune import FinetuneConfig
+from hf_pbu.baselines.mask_logits import MaskLogitsConfig
 from hf_pbu.baselines.retrain import RetrainConfig
 from hf_pbu.baselines.scrub import SCRUBConfig
 from hf_pbu.baselines.ssd import SSDConfig, dampen
@@ -79,6 +80,7 @@ def method_configs(tmp_path, recipe: TrainingArguments) -> dict:
         "bad_teaching": BadTeachingConfig(epochs=3, batch_size=32, learning_rate=1e-3),
         "ssd": SSDConfig(),
         "scrub": SCRUBConfig(learning_rate=1e-2),
+        "mask_logits": MaskLogitsConfig(),
     }
 
 
@@ -109,3 +111,14 @@ def test_ssd_dampens_only_parameters_specialised_on_the_forget_data():
 
     assert changed == 2
     assert torch.allclose(layer.weight, torch.tensor([[1 / 20, 1.0], [1 / 40, 1.0]]))
+
+
+def test_mask_logits_changes_only_the_forget_classes_bias(setup):
+    base, forget, retain, _, _ = setup
+    masked = METHODS["mask_logits"].unlearn(copy.deepcopy(base), forget, None, MaskLogitsConfig())
+
+    changed = [name for name, p in masked.state_dict().items() if not torch.equal(p, base.state_dict()[name])]
+    assert changed == ["fc.bias"]
+    assert masked.fc.bias[FORGET_CLASS] == MaskLogitsConfig().mask_value
+    assert accuracy(masked.eval(), forget) == 0.0
+    assert accuracy(masked, retain) >= accuracy(base, retain)  # the argmax only loses the forget class

@@ -16,6 +16,7 @@ from hf_pbu.data import (
     load_image_dataset,
     load_unlearning_splits,
     open_image,
+    resolve_forget_classes,
     unlearning_splits,
 )
 from hf_pbu.models import load_classifier
@@ -31,17 +32,51 @@ def test_imagefolder_columns_and_splits_are_detected(tiny_imagefolder):
     assert open_image(first).size == (8, 8)
 
 
-def test_saved_dataset_without_test_split_gets_a_seeded_stratified_one(tmp_path, caplog):
+def test_saved_dataset_without_evaluation_split_is_held_out_only_when_asked(tmp_path, caplog):
     digits = digits_dataset()["train"].rename_columns({"image": "img", "label": "digit"})
     digits.save_to_disk(str(tmp_path))
-    first = load_image_dataset(dataset_dir=str(tmp_path), test_size=0.25, seed=1)
-    second = load_image_dataset(str(tmp_path), test_size=0.25, seed=1)
-    assert "no 'test' split: holding out 25% of 'train' (stratified, seed 1)" in caplog.text
+    with pytest.raises(ValueError, match="no 'test' or 'validation' split.*--eval_split.*--eval_holdout_fraction"):
+        load_image_dataset(dataset_dir=str(tmp_path))
+    first = load_image_dataset(dataset_dir=str(tmp_path), eval_holdout_fraction=0.25, seed=1)
+    second = load_image_dataset(str(tmp_path), eval_holdout_fraction=0.25, seed=1)
+    assert "Measuring on 25% of 'train' held out (stratified, seed 1)" in caplog.text
+    assert (first.eval_split, first.holdout_fraction) == ("train", 0.25)
     assert (first.image_column, first.label_column) == ("img", "digit")
     assert len(first.splits["test"]) == pytest.approx(0.25 * len(digits), abs=1)
     assert first.splits["test"]["digit"] == second.splits["test"]["digit"]
     per_class = np.bincount(first.splits["test"]["digit"], minlength=10)
     np.testing.assert_allclose(per_class, 0.25 * np.bincount(digits["digit"]), atol=1)  # stratified
+
+
+def test_validation_split_is_measured_on_when_there_is_no_test_split(tmp_path):
+    digits = digits_dataset()
+    DatasetDict(train=digits["train"], validation=digits["test"]).save_to_disk(str(tmp_path))
+    data = load_image_dataset(dataset_dir=str(tmp_path))
+    assert data.eval_split == "validation" and not data.holdout_fraction
+    assert data.splits["test"]["label"] == digits["test"]["label"]  # all of validation, none of train
+    assert len(data.splits["train"]) == len(digits["train"])
+    with pytest.raises(ValueError, match="either --eval_split or --eval_holdout_fraction"):
+        load_image_dataset(dataset_dir=str(tmp_path), eval_split="validation", eval_holdout_fraction=0.2)
+    with pytest.raises(ValueError, match="no split 'dev'.*train, validation"):
+        load_image_dataset(dataset_dir=str(tmp_path), eval_split="dev")
+
+
+def test_unlabelled_split_is_refused_naming_it(tmp_path):
+    """ImageNet's test split: every label -1."""
+    digits = digits_dataset()
+    unlabelled = digits["test"].map(lambda row: {"label": -1})
+    DatasetDict(train=digits["train"], validation=digits["test"], test=unlabelled).save_to_disk(str(tmp_path))
+    with pytest.raises(ValueError, match=r"The 'test' split has 360 label\(s\) outside the classes 0..9 \(e.g. -1\) "
+                       r"\(it looks unlabelled\): pass --eval_split with a labelled split, e.g. --eval_split "
+                       "validation"):
+        load_image_dataset(dataset_dir=str(tmp_path))
+    assert load_image_dataset(dataset_dir=str(tmp_path), eval_split="validation").eval_split == "validation"
+
+
+def test_forgetting_every_class_is_refused():
+    with pytest.raises(ValueError, match="names all 3 classes: forgetting every class leaves no classifier"):
+        resolve_forget_classes(["digit_0", "1", "digit_2"], TINY_CLASSES)
+    assert resolve_forget_classes(["digit_0", "1"], TINY_CLASSES) == [0, 1]
 
 
 def _tiny_dataset(labels, label_feature) -> DatasetDict:
@@ -145,8 +180,9 @@ def test_unreadable_image_is_named(tmp_path):
 def test_forget_only_mode_has_forget_data_alone(tiny_model_dirs, tmp_path):
     _write_images(tmp_path, 3)
     loaded = load_classifier(tiny_model_dirs["timm"])
-    splits, forget, names = load_unlearning_splits(loaded, ["digit_1"], forget_dir=str(tmp_path))
-    assert (forget, names) == ([1], TINY_CLASSES)
+    data = load_unlearning_splits(loaded, ["digit_1"], forget_dir=str(tmp_path))
+    splits = data.splits
+    assert (data.forget_classes, data.names, data.eval_split) == ([1], TINY_CLASSES, None)
     assert [len(splits[k]) for k in ("forget_train", "forget_test", "retain_test")] == [3, 0, 0]
     assert "retain_train" not in splits
     item = splits["forget_train"][0]
@@ -164,8 +200,26 @@ def test_hub_style_repo_with_config_and_split_names(tmp_path):
         "---\nconfigs:\n- config_name: small\n  data_files:\n  - split: training\n    path: small/training.parquet\n"
         "  - split: holdout\n    path: small/holdout.parquet\n---\n"
     )
-    loaded = load_image_dataset(str(tmp_path), "small", train_split="training", test_split="holdout",
+    loaded = load_image_dataset(str(tmp_path), "small", train_split="training", eval_split="holdout",
                                 cache_dir=str(tmp_path / "cache"))
     assert loaded.names == [f"digit_{d}" for d in range(10)]
     assert loaded.splits["test"]["label"] == data["test"]["label"][:30]
     assert open_image(loaded.splits["train"][0]["image"]).size == (8, 8)  # embedded bytes, decoded on use
+
+
+def test_only_the_needed_splits_are_prepared(tmp_path):
+    """ImageNet's layout as a Hub-style repo: measuring on validation never reads the test split's files (here
+    unreadable), which `load_dataset` would otherwise prepare too."""
+    data = digits_dataset()
+    os.makedirs(tmp_path / "data")
+    data["train"].select(range(40)).to_parquet(str(tmp_path / "data" / "train.parquet"))
+    data["test"].select(range(20)).to_parquet(str(tmp_path / "data" / "validation.parquet"))
+    (tmp_path / "data" / "test.parquet").write_bytes(b"not parquet")
+    (tmp_path / "README.md").write_text(
+        "---\nconfigs:\n- config_name: default\n  data_files:\n" + "".join(
+            f"  - split: {split}\n    path: data/{split}.parquet\n" for split in ("train", "validation", "test")
+        ) + "---\n"
+    )
+    loaded = load_image_dataset(str(tmp_path), eval_split="validation", cache_dir=str(tmp_path / "cache"))
+    assert loaded.eval_split == "validation"
+    assert loaded.splits["test"]["label"] == data["test"]["label"][:20]

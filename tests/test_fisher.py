@@ -117,3 +117,4 @@ def test_fisher_cache_is_reused_and_keyed_by_weights(tmp_path):
     load_or_compute_fisher(model, dataset, make_loader, str(tmp_path))
     assert len(calls) == 2
     assert len(list(tmp_path.glob("fisher-*.safetensors"))) == 2
+    assert not list(tmp_path.glob("*.partial-*"))  # the running sums are removed once the Fisher is cached

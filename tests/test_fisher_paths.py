@@ -1,11 +1,15 @@
-"""Every code path of the fast Fisher (per-layer closed forms, pair and per-image GEMMs, norm layers, the general
-fallback, top-mass truncation, the C-1 factorisation, collapsed mc draws) against a brute-force loop: one image and
-one class at a time, plain autograd, float64."""
+"""Every code path of the fast Fisher (per-layer closed forms, pair and per-image GEMMs, grouped and depthwise convs,
+norm layers of torch and timm, scale parameters, the general fallback, top-mass truncation and grouping, the C-1
+factorisation, collapsed mc draws, memory chunks and their halving on OOM, resuming) against a brute-force loop: one
+image and one class at a time, plain autograd, float64."""
 
 import pytest
+import timm
 import torch
+from timm.layers import LayerNorm, LayerNorm2d, LayerScale, LayerScale2d
 from torch import nn
 
+from hf_pbu import fisher as fisher_module
 from hf_pbu import per_sample_grads
 from hf_pbu.fisher import _exact_factor, compute_fisher_diagonal, score_directions
 from hf_pbu.models import classifier_logits
@@ -250,3 +254,178 @@ def test_hooks_are_removed_even_when_the_directions_fail():
     with pytest.raises(ValueError, match="true labels"):
         fisher(model, x, estimator="empirical")  # no labels: fails inside the hooked forward pass
     assert not any(module._forward_hooks for module in model.modules())
+
+
+class TimmBlocksNet(nn.Module):
+    """The layers of timm's ConvNeXt and ViT: LayerNorm2d, a 7x7 depthwise conv, a strided dilated depthwise conv with
+    a channel multiplier, a grouped conv, a bare `gamma` used as ConvNeXtBlock uses it, timm's LayerNorm on NHWC,
+    LayerScale (in place too) and LayerScale2d."""
+
+    def __init__(self, classes=4):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.norm2d = LayerNorm2d(8)
+        self.dw = nn.Conv2d(8, 8, 7, padding=3, groups=8)
+        self.dw_multiplier = nn.Conv2d(8, 16, 3, stride=2, padding=2, dilation=2, groups=8)
+        self.grouped = nn.Conv2d(16, 8, 3, padding=1, groups=4, bias=False)
+        self.gamma = nn.Parameter(torch.rand(8) + 0.5)
+        self.norm = LayerNorm(8)
+        self.fc = nn.Linear(8, 8)
+        self.ls = LayerScale(8, init_values=0.7)
+        self.ls_inplace = LayerScale(8, init_values=1.3, inplace=True)
+        self.ls2d = LayerScale2d(8, init_values=0.9)
+        self.head = nn.Linear(8, classes)
+
+    def forward(self, x):
+        x = self.dw(self.norm2d(self.stem(x)))
+        x = torch.tanh(self.grouped(torch.tanh(self.dw_multiplier(x))))
+        x = x.mul(self.gamma.reshape(1, -1, 1, 1))
+        x = self.ls(self.norm(x.permute(0, 2, 3, 1)))
+        x = self.ls_inplace(self.fc(x)).permute(0, 3, 1, 2)
+        return self.head(self.ls2d(torch.tanh(x)).mean((2, 3)))
+
+
+def fast_path_rest(model, x) -> list[str]:
+    """The parameters that the batched path leaves to the general one."""
+    named = dict(model.named_parameters())
+    return squared_gradient_sums(
+        model.eval(), named, x, lambda logits: score_directions(logits, None, "exact"), classifier_logits
+    )[1]
+
+
+def randomise(model: nn.Module) -> nn.Module:
+    """Every parameter of order one (timm initialises layer scales at 1e-6 and biases at zero)."""
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    return model
+
+
+def test_timm_norms_grouped_convs_and_scales_take_the_fast_path_and_match_brute_force():
+    torch.manual_seed(0)
+    model = randomise(TimmBlocksNet()).double()
+    x = images(5, size=9)
+    assert fast_path_rest(model, x) == []
+    assert max_rel_error(fisher(model, x), brute_force(model, x)) <= 1e-5
+
+
+def test_a_scale_used_twice_is_left_to_the_general_path():
+    class TwiceScaled(TimmBlocksNet):
+        def forward(self, x):
+            return super().forward(x * self.gamma.sum())
+
+    torch.manual_seed(0)
+    model = randomise(TwiceScaled()).double()
+    x = images(3, size=9)
+    assert fast_path_rest(model, x) == ["gamma"]
+    assert max_rel_error(fisher(model, x), brute_force(model, x)) <= 1e-5
+
+
+@pytest.mark.parametrize("name,kwargs", [
+    ("convnext_atto", {}),
+    ("vit_tiny_patch16_224", {"img_size": 32, "patch_size": 8, "embed_dim": 32, "num_heads": 2, "depth": 2,
+                              "init_values": 1e-5}),
+])
+def test_timm_models_match_brute_force(name, kwargs):
+    torch.manual_seed(0)
+    model = randomise(timm.create_model(name, pretrained=False, num_classes=3, **kwargs)).double()
+    x = images(3, size=32)
+    rest = fast_path_rest(model, x)
+    assert rest == ([] if name.startswith("convnext") else ["cls_token", "pos_embed"])
+    assert max_rel_error(fisher(model, x), brute_force(model, x)) <= 1e-5
+
+
+def test_chunks_fit_the_budget_and_out_of_memory_halves_them(monkeypatch):
+    torch.manual_seed(0)
+    model = randomise_norm_layers(ConvNet()).double()
+    x = images(7)
+    reference = brute_force(model, x)
+    seen = []
+    original = fisher_module.squared_gradient_sums
+
+    def out_of_memory_above_two(model, params, chunk, *args):
+        seen.append(len(chunk))
+        if len(chunk) > 2:
+            raise torch.OutOfMemoryError("injected")
+        return original(model, params, chunk, *args)
+
+    monkeypatch.setattr(fisher_module, "squared_gradient_sums", out_of_memory_above_two)
+    assert max_rel_error(fisher(model, x, batch_size=7), reference) <= 1e-5
+    assert seen[:3] == [7, 3, 1]  # halved, then kept for the rest of the run
+    assert set(seen[3:]) == {1}
+    seen.clear()
+    assert max_rel_error(fisher(model, x, batch_size=7, memory_budget_bytes=1), reference) <= 1e-5
+    assert set(seen) == {1}  # a tiny budget: one image per chunk from the start
+
+    monkeypatch.setattr(fisher_module, "squared_gradient_sums", lambda *args: out_of_memory_above_two(*args[:2], x))
+    with pytest.raises(torch.OutOfMemoryError, match="fisher_memory_budget"):
+        fisher(model, x[:1], batch_size=1)
+
+
+def test_top_mass_groups_images_by_their_number_of_directions(monkeypatch):
+    torch.manual_seed(0)
+    model = randomise_norm_layers(ConvNet(classes=8)).double()
+    with torch.no_grad():
+        model.head.weight.mul_(10)
+        model.head.bias.zero_()
+    x = images(9) * torch.linspace(0.2, 3, 9, dtype=torch.float64).view(-1, 1, 1, 1)  # 3 or 4 classes cover 0.9
+    shapes = []
+    original = per_sample_grads.squared_gradient_sums
+
+    def spy(*args):
+        sums, rest, directions = original(*args)
+        shapes.append(directions.shape[:2])
+        assert directions.flatten(2).any(-1).all()  # no zero padding costs a backward
+        return sums, rest, directions
+
+    monkeypatch.setattr(fisher_module, "squared_gradient_sums", spy)
+    mass = 0.9
+
+    def top_classes(probs):
+        order = probs.argsort(descending=True)
+        before = probs[order].cumsum(0) - probs[order]
+        return order[before < mass].tolist()
+
+    assert max_rel_error(fisher(model, x, batch_size=9, top_mass=mass), brute_force(model, x, top_classes)) <= 1e-5
+    assert len({k for _, k in shapes}) > 1 and sum(b for b, _ in shapes) == len(x)
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("estimator", ["exact", "mc"])
+def test_an_interrupted_fisher_resumes_from_its_partial_sums(tmp_path, monkeypatch, estimator):
+    torch.manual_seed(0)
+    model = randomise_norm_layers(ConvNet()).double()
+    x = images(8)
+    batches = [(x[i : i + 2], None) for i in range(0, len(x), 2)]
+    kwargs = {"estimator": estimator, "mc_samples": 2, "seed": 3, "show_progress": False}
+    whole = compute_fisher_diagonal(model, batches, **kwargs)
+
+    def interrupted_after(k):
+        for index, batch in enumerate(batches):
+            if index == k:
+                raise Interrupted
+            yield batch
+
+    partial = str(tmp_path / "partial.safetensors")
+    with pytest.raises(Interrupted):
+        compute_fisher_diagonal(model, interrupted_after(3), partial_path=partial, checkpoint_seconds=0, **kwargs)
+    seen = []
+    original = fisher_module._BatchFisher.__call__
+    monkeypatch.setattr(fisher_module._BatchFisher, "__call__", lambda self, *a: seen.append(1) or original(self, *a))
+    resumed = compute_fisher_diagonal(model, batches, partial_path=partial, **kwargs)
+    assert len(seen) == 1  # only the last batch was left
+    assert all(torch.equal(resumed[n], whole[n]) for n in whole)
+
+
+def test_autocast_runs_the_passes_in_bf16_and_sums_in_fp32():
+    torch.manual_seed(0)
+    model = randomise_norm_layers(ConvNet())
+    x = images(4).float()
+    full = fisher(model, x)
+    mixed = fisher(model, x, autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+    assert all(mixed[n].dtype == torch.float32 for n in mixed)
+    assert 1e-6 < max_rel_error(mixed, {n: t.double() for n, t in full.items()}) <= 0.1

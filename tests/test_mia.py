@@ -59,6 +59,11 @@ class Scaled(nn.Module):
         return self.scale * x
 
 
+def _outputs(labels: list[int], strength: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, labels) of `_items` through `Scaled`, as `predictions` returns them."""
+    return predictions(Scaled(), _items(labels, strength), batch_size=16)
+
+
 def test_predictions_keep_dataset_order():
     items = _items([3, 1, 2, 0, 1], 2.0)
     logits, labels = predictions(Scaled(), items, batch_size=2)
@@ -72,9 +77,9 @@ def test_attacks_flag_a_remembered_forget_set_and_not_a_forgotten_one():
     def labels(n):
         return rng.integers(1, CLASSES, n).tolist()
 
-    splits = {"retain_train": _items(labels(40), 8.0), "retain_test": _items(labels(40), 1.0)}
-    remembered = membership_inference(Scaled(), {**splits, "forget_train": _items([0] * 20, 8.0)}, batch_size=16)
-    forgotten = membership_inference(Scaled(), {**splits, "forget_train": _items([0] * 20, -4.0)}, batch_size=16)
+    outputs = {"retain_train": _outputs(labels(40), 8.0), "retain_test": _outputs(labels(40), 1.0)}
+    remembered = membership_inference({**outputs, "forget_train": _outputs([0] * 20, 8.0)})
+    forgotten = membership_inference({**outputs, "forget_train": _outputs([0] * 20, -4.0)})
     for attack in ("entropy_svc", "loss_logistic"):
         assert remembered[attack] > 90
     assert forgotten["loss_logistic"] < 10
@@ -82,8 +87,7 @@ def test_attacks_flag_a_remembered_forget_set_and_not_a_forgotten_one():
 
 def test_mia_is_skipped_without_retained_training_data(caplog):
     caplog.set_level(logging.INFO, logger="hf_pbu.mia")
-    splits = {"forget_train": _items([0] * 4, 8.0), "forget_test": [], "retain_test": []}
-    assert membership_inference(Scaled(), splits, batch_size=4) is None
+    assert membership_inference({"forget_train": _outputs([0] * 4, 8.0)}) is None
     assert "skipping the membership-inference attack" in caplog.text
 
 

@@ -12,7 +12,7 @@ from huggingface_hub import ModelCard, ModelCardData, constants
 from huggingface_hub.repocard_data import eval_results_to_model_index, model_index_to_eval_results
 from tiny_unlearning_run import shared_unlearning_run
 
-from hf_pbu.model_card import ACCURACY_ROWS, METRIC_NAMES, write_model_card
+from hf_pbu.model_card import ACCURACY_ROWS, METRIC_NAMES, card_dataset, write_model_card
 from hf_pbu.pipeline import RESULTS_FILE
 
 BASE_CARD = ModelCard("---\nlicense: apache-2.0\nlibrary_name: timm\n---\n# A tiny digits classifier\n")
@@ -93,6 +93,7 @@ def test_card_of_a_real_run_parses_back_with_metadata_and_table_matching_results
     for class_id in saved["forget_classes"]:
         assert f"| {class_id} | {names[class_id]} |" in text
     assert f"{saved['forget_train_samples']} training images of the forgotten class" in text
+    assert "A_Df and A_Dr on the `test` split" in text
     assert f"Fisher diagonal: {saved['fisher_seconds']:.1f} s" in text
     assert f"| alpha (weight of -CE on the forget data) | {config.alpha:g} |" in text
     assert f'timm.create_model("hf-hub:{output_dir.name}", pretrained=True)' in text
@@ -157,3 +158,32 @@ def test_unknown_family_is_refused(run):
     output_dir, results, config, names = run
     with pytest.raises(ValueError, match="'timm' or 'transformers'"):
         write_model_card(str(output_dir), results, config, "org/x", "keras", names, None, base_card=BASE_CARD)
+
+
+@pytest.mark.parametrize(
+    ("dataset_name", "dataset_dir", "expected"),
+    [
+        ("food101", None, ("food101", True)),
+        ("imagefolder", "/data/my_digits/", ("my_digits", False)),
+        (None, "/data/saved_digits", ("saved_digits", False)),
+        (None, None, (None, False)),
+    ],
+)
+def test_card_dataset_keeps_local_data_out_of_the_metadata(dataset_name, dataset_dir, expected):
+    assert card_dataset(dataset_name, dataset_dir) == expected
+
+
+def test_card_of_local_data_held_out_of_train_says_so(run, tmp_path):
+    output_dir, results, config, names = run
+    saved = tmp_path / "saved_digits"
+    saved.mkdir()
+    results.update(eval_split="train", eval_holdout_fraction=0.2)
+    dataset_name, hub_dataset = card_dataset(str(saved), None)
+    write_model_card(str(output_dir), results, config, "org/x", "timm", names, dataset_name, base_card=BASE_CARD,
+                     hub_dataset=hub_dataset)
+    loaded = ModelCard.load(output_dir / "README.md")
+    assert loaded.data.datasets is None
+    assert "(`saved_digits`)" in loaded.text
+    assert "A_Df and A_Dr on 20% of the `train` split held out" in loaded.text
+    assert "only meaningful if the base model was not trained on" in loaded.text
+    assert {result.dataset_split for result in loaded.data.eval_results} == {"train"}

@@ -1,13 +1,17 @@
-"""PBUTrainer: the penalty, what is (not) saved or optimised, the stop criterion, non-finite losses."""
+"""PBUTrainer: the penalty, what is (not) saved or optimised, the stop criterion, non-finite losses, the step
+budget, resuming."""
 
 import copy
+import json
 
 import pytest
 import torch
 from tiny_models import DictDataset, TinyConvNet, random_images, trained_bn_stats
+from torch.utils.data import SequentialSampler
 from transformers import TrainerCallback
 
 from hf_pbu import PBUConfig, PBUTrainer
+from hf_pbu.checkpoints import SIGNATURE_FILE
 from hf_pbu.penalty import AnchorPenalty
 
 
@@ -76,6 +80,7 @@ def test_optimizer_step_sees_the_gradient_of_the_pbu_objective(tmp_path, accumul
                   per_device_train_batch_size=16 // accumulation, gradient_accumulation_steps=accumulation)
     recorder = GradientRecorder()
     trainer = PBUTrainer(model=model, args=args, train_dataset=forget, fisher=fisher, callbacks=[recorder])
+    trainer.prepare_penalty()  # theta* taken now, before the weights move
     anchors = {n: p.detach().clone() for n, p in model.named_parameters()}
     with torch.no_grad():  # move away from theta* so that the penalty's gradient is not zero
         for p in model.parameters():
@@ -106,32 +111,70 @@ def test_anchor_and_weight_are_outside_state_dict_and_optimizer(tmp_path):
                for t in saved)
 
 
-def test_stop_callback_ends_training_once_forget_class_is_gone(tmp_path):
+class WeightsAtStepEnd(TrainerCallback):
+    """The model's parameters after each optimizer step, by global step."""
+
+    def __init__(self):
+        self.weights: dict[int, list[torch.Tensor]] = {}
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.weights[0] = [p.detach().clone() for p in model.parameters()]
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.weights[state.global_step] = [p.detach().clone() for p in model.parameters()]
+
+
+def test_stop_callback_ends_training_with_the_first_weights_that_forget(tmp_path):
     model, forget = forget_model_and_data()
     args = config(
         tmp_path, learning_rate=0.05, num_train_epochs=50, stop_forget_accuracy=0.0, alpha=10, beta=0, gamma=1e-3
     )
     trainer = PBUTrainer(model=model, args=args, train_dataset=forget)
+    recorder = WeightsAtStepEnd()
+    trainer.add_callback(recorder)
     assert trainer.forget_accuracy() == 100.0
     trainer.train()
-    assert trainer.stopped_at_step is not None
-    assert trainer.state.global_step == trainer.stopped_at_step < trainer.state.max_steps
+    stopped = trainer.stopped_at_step
+    assert stopped is not None and stopped < trainer.state.max_steps
     assert trainer.forget_accuracy() == 0.0
+    assert trainer.forget_accuracy_history[-1] == (stopped, 0.0)
+    # The weights that passed are those after `stopped` updates: the update of the step that found them is undone.
+    assert trainer.state.global_step == stopped + 1
+    final = [p.detach() for p in trainer.model.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(final, recorder.weights[stopped]))
+    # ... and the weights one step earlier did not pass (the stop is the first step where the class is gone).
+    earlier = copy.deepcopy(trainer.model)
+    for p, w in zip(earlier.parameters(), recorder.weights[stopped - 1]):
+        p.data.copy_(w)
+    assert (earlier(forget.images).argmax(-1) == forget.labels).any()
     logged = [entry for entry in trainer.state.log_history if "forget_ce" in entry]
-    assert logged and {"fisher_penalty", "l2_penalty", "forget_accuracy", "loss"} <= set(logged[-1])
+    assert logged and {"fisher_penalty", "l2_penalty", "forget_batch_accuracy", "forget_accuracy", "loss"} <= set(
+        logged[-1]
+    )
 
 
-def test_stop_check_subset_passing_is_confirmed_on_the_whole_forget_set(tmp_path):
+class InOrderPBUTrainer(PBUTrainer):
+    """Batches in dataset order, so that a test knows which images each step sees."""
+
+    def _get_train_sampler(self, train_dataset=None):
+        return SequentialSampler(self.train_dataset)
+
+
+def test_a_step_whose_batches_pass_is_confirmed_on_the_whole_forget_set_with_back_off(tmp_path):
     model, forget = forget_model_and_data(n=16)
-    args = config(tmp_path, learning_rate=1e-12, max_steps=1, stop_forget_accuracy=1.0, stop_check_max_samples=4)
-    # Label the 4 stop-check images with another class: the subset reads 0% while 12 of 16 images are still known.
-    subset = PBUTrainer._subset(forget, args.stop_check_max_samples, args.seed)
-    forget.labels[torch.tensor(subset.indices)] = 2
-    trainer = PBUTrainer(model=model, args=args, train_dataset=forget)
-    assert trainer.stop_check_is_subset and trainer.forget_accuracy() == 0.0
-    trainer.train()
-    assert trainer.stopped_at_step is None
-    assert trainer.forget_accuracy_history[0] == (0, 75.0)
+    # The model predicts class 1 on every image; images 0-11 are labelled 2, so it gets them wrong: the batches of
+    # steps 1-3 read 0%, step 4's 100%, the whole set 25%.
+    forget.labels[:] = 2
+    forget.labels[12:] = 1
+    args = config(tmp_path, learning_rate=1e-12, max_steps=4, per_device_train_batch_size=4, stop_forget_accuracy=1.0)
+    trainer = InOrderPBUTrainer(model=model, args=args, train_dataset=forget)
+    output = trainer.train()
+    assert trainer.stopped_at_step is None and trainer.state.global_step == 4
+    # Checked before the updates of steps 1 and 2 (0 and 1 updates applied); the second failure waits 2 steps, so
+    # step 3's batches (0% too) are not checked; step 4's do not trigger.
+    assert trainer.forget_accuracy_history == [(0, 25.0), (1, 25.0)]
+    assert trainer.stop_check_seconds > 0 and output.metrics["stop_check_seconds"] == trainer.stop_check_seconds
+    assert output.metrics["train_runtime"] > 0
 
 
 def test_unlearning_without_reaching_the_criterion_runs_to_the_step_budget(tmp_path):
@@ -171,6 +214,52 @@ def test_config_rejects_unknown_estimator(tmp_path):
         config(tmp_path, fisher_estimator="diagonal")
 
 
+@pytest.mark.parametrize("sharding", [{"fsdp": "full_shard"}, {"deepspeed": {"zero_optimization": {"stage": 2}}}])
+def test_deepspeed_and_fsdp_are_refused_by_the_config(tmp_path, sharding):
+    with pytest.raises(ValueError, match=r"DDP \(`accelerate launch --multi_gpu`\)"):
+        config(tmp_path, **sharding)
+
+
+def test_fsdp_set_by_accelerate_launch_is_refused_before_any_work(tmp_path, monkeypatch):
+    model, forget = forget_model_and_data()
+    args = config(tmp_path)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setattr(PBUTrainer, "_fisher", lambda self: pytest.fail("the Fisher was computed"))
+    with pytest.raises(ValueError, match="FSDP.*accelerate launch --multi_gpu"):
+        PBUTrainer(model=model, args=args, train_dataset=forget)
+
+
+def test_fisher_is_computed_at_train_start_not_at_init(tmp_path, monkeypatch):
+    model, forget = forget_model_and_data()
+    calls = []
+    original = PBUTrainer._fisher
+
+    def counting_fisher(self):
+        calls.append(self.state.global_step)
+        return original(self)
+
+    monkeypatch.setattr(PBUTrainer, "_fisher", counting_fisher)
+    trainer = PBUTrainer(model=model, args=config(tmp_path, max_steps=1, stop_forget_accuracy=-1), train_dataset=forget)
+    assert calls == [] and next(trainer.model.parameters()).device == trainer.args.device
+    output = trainer.train()
+    assert calls == [0] and trainer.fisher_seconds > 0 and output.metrics["fisher_seconds"] == trainer.fisher_seconds
+
+
+def test_step_budget_counts_optimizer_steps_as_one_process_would(tmp_path):
+    model, forget = forget_model_and_data(n=16)
+    args = config(tmp_path, num_train_epochs=3, per_device_train_batch_size=3, gradient_accumulation_steps=2,
+                  learning_rate=1e-12, stop_forget_accuracy=-1, save_strategy="steps")
+    # 16 images in batches of 3: 6 batches per epoch, 3 optimizer steps; 3 epochs: 9 steps, whatever the number of
+    # processes (Trainer alone would give 8 processes ceil(16 / 24) = 1 batch per epoch, so 3 steps).
+    assert args.max_steps == -1 and args.step_budget(len(forget)) == 9
+    trainer = PBUTrainer(model=model, args=args, train_dataset=forget)
+    assert trainer.args.max_steps == 9 and args.max_steps == -1  # the caller's arguments are left alone
+    trainer.train()
+    assert trainer.state.global_step == 9
+    # The default save_steps (a tenth of the budget) checkpoints within the budget; the last one is kept.
+    assert (tmp_path / "out" / "checkpoint-9" / SIGNATURE_FILE).exists()
+
+
 def test_interrupted_run_resumes_from_its_checkpoint_with_the_original_anchor(tmp_path):
     from safetensors.torch import load_file
 
@@ -191,3 +280,32 @@ def test_interrupted_run_resumes_from_its_checkpoint_with_the_original_anchor(tm
     assert resumed.state.global_step == 4
     torch.testing.assert_close(resumed.penalty.anchors()["head.weight"], original["head.weight"])
     assert not torch.equal(resumed.model.head.weight, original["head.weight"])
+
+
+@pytest.mark.parametrize("change", ["forget_class", "alpha"])
+def test_resuming_a_checkpoint_of_another_run_is_refused(tmp_path, change):
+    model, forget = forget_model_and_data(forget_class=1)
+    args = config(tmp_path, max_steps=1, save_strategy="steps", save_steps=1, stop_forget_accuracy=-1)
+    PBUTrainer(model=model, args=args, train_dataset=forget).train()
+    signature = json.loads((tmp_path / "out" / "checkpoint-1" / SIGNATURE_FILE).read_text())
+    assert signature["objective"]["alpha"] == args.alpha and signature["forget_samples"] == len(forget)
+
+    fresh, other_forget = forget_model_and_data(forget_class=2 if change == "forget_class" else 1)
+    overrides = {"alpha": 1.0} if change == "alpha" else {}
+    resumed = PBUTrainer(model=fresh, args=config(tmp_path, max_steps=2, stop_forget_accuracy=-1, **overrides),
+                         train_dataset=other_forget)
+    difference = "forget_data" if change == "forget_class" else "objective"
+    with pytest.raises(ValueError, match=f"Cannot resume .*checkpoint-1.*{difference}.*another --output_dir"):
+        resumed.train(resume_from_checkpoint=True)
+    assert resumed.state.global_step == 0
+
+
+@pytest.mark.parametrize(("max_classes", "expected"), [(3, "exact"), (2, "mc")])
+def test_auto_fisher_estimator_is_exact_up_to_the_class_limit_then_mc(tmp_path, max_classes, expected):
+    model, forget = forget_model_and_data()  # 3 classes
+    args = config(tmp_path, max_steps=1, fisher_exact_max_classes=max_classes)
+    assert args.fisher_estimator == "auto"
+    trainer = PBUTrainer(model=model, args=args, train_dataset=forget)
+    trainer.train()
+    assert trainer.fisher_estimator == expected
+    assert config(tmp_path, fisher_estimator="empirical").fisher_estimator_for(1000) == "empirical"

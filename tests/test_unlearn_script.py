@@ -14,9 +14,11 @@ import pytest
 import timm
 import torch
 from conftest import TINY_CLASSES, TINY_REPOS
+from huggingface_hub import ModelCard
 from transformers import AutoModelForImageClassification
 
 from hf_pbu.data import load_image_dataset
+from hf_pbu.models import load_classifier
 from hf_pbu.pipeline import RESULTS_FILE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,6 +64,7 @@ def _check_run(family: str, output_dir, stdout: str, forget_class: str = "digit_
     with open(os.path.join(output_dir, RESULTS_FILE)) as f:
         results = json.load(f)
     assert results["forget_classes"] == [TINY_CLASSES.index(forget_class)]
+    assert results["eval_split"] == "test"
     assert results["steps"] >= 1
     for when in ("before", "after"):
         assert set(results[when]["mia"]) == {"entropy_svc", "loss_logistic"}
@@ -175,6 +178,71 @@ def test_no_dataset_says_what_to_pass(offline, base_args, tiny_model_dirs, tmp_p
         ["--model_id", str(model), "--forget_class", "1", "--output_dir", str(tmp_path / "out")])
 
 
+def test_train_and_validation_data_is_measured_on_validation_and_kept_out_of_card_metadata(
+    offline, tiny_imagefolder, tmp_path, capsys
+):
+    """Food-101's layout (train/validation, no test): validation is measured on, never held-out train images; a local
+    folder is named in the card's text but not in its `datasets` metadata (which the Hub reads as dataset ids)."""
+    data = tmp_path / "food_like"
+    shutil.copytree(os.path.join(tiny_imagefolder, "train"), data / "train")
+    shutil.copytree(os.path.join(tiny_imagefolder, "test"), data / "validation")
+    out = tmp_path / "out"
+    _script().main(["--model_id", TINY_REPOS["timm"], "--dataset_name", "imagefolder", "--dataset_dir", str(data),
+                    "--forget_class", "digit_1", "--output_dir", str(out), *FAST])
+    results = json.loads((out / RESULTS_FILE).read_text())
+    assert results["eval_split"] == "validation"
+    card = ModelCard.load(out / "README.md")
+    assert "A_Df and A_Dr on the `validation` split" in card.text and "(`food_like`)" in card.text
+    assert card.data.datasets is None
+    assert {result.dataset_split for result in card.data.eval_results} == {"validation"}
+    assert "imagefolder" not in str(card.data.to_dict())
+
+
+def _labelled_minus_one_test_split(tiny_imagefolder: str, folder) -> str:
+    """ImageNet's layout: train, validation, and a test split whose labels are all -1."""
+    data = load_image_dataset("imagefolder", dataset_dir=tiny_imagefolder).splits
+    data["validation"] = data["test"]
+    data["test"] = data["test"].map(lambda row: {"label": -1})
+    data.save_to_disk(str(folder))
+    return str(folder)
+
+
+def test_unlabelled_test_split_is_one_clear_error(offline, base_args, tiny_imagefolder, tmp_path):
+    argv = [*base_args, "--forget_class", "digit_1"]
+    argv[argv.index("--dataset_dir") + 1] = _labelled_minus_one_test_split(tiny_imagefolder, tmp_path / "saved")
+    message = _error(argv)
+    assert "The 'test' split has 12 label(s) outside the classes 0..2 (e.g. -1)" in message
+    assert "--eval_split validation" in message
+
+
+def test_forgetting_every_class_is_one_clear_error(offline, base_args):
+    assert "names all 3 classes: forgetting every class" in _error(
+        [*base_args, "--forget_class", "digit_0", "digit_1", "2"])
+
+
+def test_model_that_does_not_recognise_the_class_is_stopped_before_the_fisher(
+    offline, base_args, tiny_imagefolder, tmp_path, monkeypatch
+):
+    """Labels that do not mean what the model's outputs mean (here digit_1 and digit_2 swapped): the model scores
+    near 0% on the forget class's own training images, and the run stops before any work on it."""
+    import hf_pbu.trainer
+
+    swapped = tmp_path / "swapped"
+    for split in ("train", "test"):
+        for source, target in (("digit_0", "digit_0"), ("digit_1", "digit_2"), ("digit_2", "digit_1")):
+            shutil.copytree(os.path.join(tiny_imagefolder, split, source), swapped / split / target)
+
+    def no_fisher(*args, **kwargs):
+        raise AssertionError("the Fisher was computed before the sanity check")
+
+    monkeypatch.setattr(hf_pbu.trainer, "load_or_compute_fisher", no_fisher)
+    argv = [*base_args, "--forget_class", "digit_1"]
+    argv[argv.index("--dataset_dir") + 1] = str(swapped)
+    message = _error(argv)
+    assert "does not recognise the forget class(es) on this data" in message
+    assert "near chance for 3 classes" in message and "--match_labels_by_id" in message
+
+
 def test_bad_input_exits_with_one_line_not_a_traceback(tiny_imagefolder, tmp_path):
     run = subprocess.run(
         [sys.executable, SCRIPT, "--model_id", str(tmp_path / "nowhere"), "--dataset_name", "imagefolder",
@@ -198,6 +266,12 @@ def _digits_run(command: list[str], digits_model, digits_imagefolder, output_dir
     assert run.stdout.count("Forgot digit_3") == 1  # printed by the main process only
     with open(os.path.join(output_dir, RESULTS_FILE)) as f:
         return json.load(f)
+
+
+@pytest.mark.slow
+def test_demo_model_names_its_classes(digits_model):
+    """In its config.json: a dataset with other classes is then matched by name, or refused, not taken by id."""
+    assert load_classifier(digits_model).label_names == [f"digit_{d}" for d in range(10)]
 
 
 @pytest.mark.slow

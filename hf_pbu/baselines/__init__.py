@@ -5,7 +5,7 @@ dataclass, `DATA_NEEDED` and the paper it follows.
 """
 
 from ..config import PBUConfig
-from . import bad_teaching, finetune, pbu, retrain, scrub, ssd, unsir
+from . import bad_teaching, finetune, mask_logits, pbu, retrain, scrub, ssd, unsir
 from .method import DataNeeded, UnlearningMethod
 
 METHODS: dict[str, UnlearningMethod] = {
@@ -20,6 +20,8 @@ METHODS: dict[str, UnlearningMethod] = {
                          bad_teaching.DATA_NEEDED, bad_teaching.REFERENCE),
         UnlearningMethod("ssd", ssd.unlearn, ssd.SSDConfig, ssd.DATA_NEEDED, ssd.REFERENCE, deterministic=True),
         UnlearningMethod("scrub", scrub.unlearn, scrub.SCRUBConfig, scrub.DATA_NEEDED, scrub.REFERENCE),
+        UnlearningMethod("mask_logits", mask_logits.unlearn, mask_logits.MaskLogitsConfig, mask_logits.DATA_NEEDED,
+                         mask_logits.REFERENCE, deterministic=True),
     )
 }
 

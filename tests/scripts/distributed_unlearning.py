@@ -1,0 +1,58 @@
+"""Run by `accelerate launch --multi_gpu --num_processes 2`: PBUTrainer under DDP (gloo on CPU).
+
+Writes (rank 0) a JSON of what the test checks to the path given as argv[1]; argv[2] is the output folder.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tiny_models import DictDataset, TinyConvNet, random_images, trained_bn_stats
+
+from hf_pbu import PBUConfig, PBUTrainer
+
+IMAGES = 15  # odd: the last batches are padded with duplicates, which the whole-set check must not count
+
+
+def fixture() -> tuple[TinyConvNet, DictDataset]:
+    """A model that predicts class 1 on every image; one image labelled 1, the others 2: 1/15 correct."""
+    torch.manual_seed(0)
+    images = random_images(IMAGES)
+    model = trained_bn_stats(TinyConvNet(3), images)
+    with torch.no_grad():
+        model.head.bias[1] += 5.0
+    labels = torch.full((IMAGES,), 2)
+    labels[0] = 1
+    return model, DictDataset(images, labels)
+
+
+def config(output_dir: str, **overrides) -> PBUConfig:
+    values = dict(output_dir=output_dir, fisher_cache_dir="none", report_to="none", disable_tqdm=True, use_cpu=True,
+                  per_device_train_batch_size=2, fisher_batch_size=4, learning_rate=1e-12, num_train_epochs=2)
+    return PBUConfig(**{**values, **overrides})
+
+
+if __name__ == "__main__":
+    out, output_dir = sys.argv[1], sys.argv[2]
+    model, forget = fixture()
+    # No stop: the budget runs out, at the one-process count, and checkpoints are saved within it.
+    budget_run = PBUTrainer(model=model, args=config(output_dir, stop_forget_accuracy=-1), train_dataset=forget)
+    budget_run.train()
+    # Stop at 10%: the training batches read 0% or 25% on 4 images; the whole set reads 1/15.
+    model, forget = fixture()
+    stop_run = PBUTrainer(model=model, args=config(output_dir + "-stop", save_strategy="no", stop_forget_accuracy=10,
+                                                   stop_window_samples=4), train_dataset=forget)
+    stop_run.train()
+    whole_set_accuracy = budget_run.forget_accuracy()  # a collective: every process runs it
+    if budget_run.is_world_process_zero():
+        Path(out).write_text(json.dumps({
+            "world_size": budget_run.args.world_size,
+            "budget": budget_run.args.step_budget(IMAGES),
+            "budget_steps": budget_run.state.global_step,
+            "whole_set_accuracy": whole_set_accuracy,
+            "stopped_at_step": stop_run.stopped_at_step,
+            "confirmations": stop_run.forget_accuracy_history,
+        }))
