@@ -57,7 +57,10 @@ def base(dataset: str):
 
 
 def directions_per_image(model: torch.nn.Module, forget_train, config: PBUConfig) -> float:
-    """Mean number of nonzero backward directions per forget image that the setting's Fisher runs."""
+    """Mean number of nonzero backward directions per forget image that the setting's Fisher runs (none at beta 0:
+    the trainer does not compute a Fisher that weighs nothing)."""
+    if config.beta == 0:
+        return 0.0
     logits, labels = predictions(model, forget_train, 256)
     estimator = config.fisher_estimator_for(logits.shape[-1])
     directions = score_directions(logits, labels, estimator, config.fisher_mc_samples,

@@ -37,8 +37,8 @@ def config_summary(config: Any) -> dict:
     """The JSON-friendly fields of a method's config (TrainingArguments reduced to what shapes the run)."""
     if hasattr(config, "to_dict") and hasattr(config, "alpha"):  # PBUConfig
         keys = ("alpha", "beta", "gamma", "learning_rate", "per_device_train_batch_size", "num_train_epochs",
-                "fisher_estimator", "stop_forget_accuracy", "stop_trigger_accuracy", "stop_window_samples",
-                "freeze_batchnorm", "seed")
+                "fisher_estimator", "stop_forget_accuracy", "stop_trigger_accuracy",
+                "freeze_batchnorm", "forget_loss", "stop_rule", "seed")
         full = config.to_dict()
         return {key: full[key] for key in keys}
     summary = {}

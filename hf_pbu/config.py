@@ -133,10 +133,6 @@ class PBUConfig(TrainingArguments):
             "set that already passes; after a failed evaluation the next one waits 1, 2, 4, ... steps."
         },
     )
-    stop_window_samples: int = field(
-        default=256,
-        metadata={"help": "The 'plateau' rule's window: the forget term is averaged over at least this many images."},
-    )
     freeze_batchnorm: bool = field(
         default=True,
         metadata={
@@ -216,8 +212,6 @@ class PBUConfig(TrainingArguments):
             raise ValueError(f"stop_rule={self.stop_rule!r} is not one of 'auto', 'forget_accuracy', 'plateau'.")
         if self.stop_plateau_patience < 1:
             raise ValueError("stop_plateau_patience must be at least 1.")
-        if self.stop_window_samples < 1:
-            raise ValueError("stop_window_samples must be at least 1.")
         if not 0 <= self.stop_trigger_accuracy <= 100:
             raise ValueError("stop_trigger_accuracy is a percentage, between 0 and 100.")
         if min(self.alpha, self.beta, self.gamma) < 0:

@@ -16,6 +16,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers.utils import logging
 
 from .config import PBUConfig
+from .forget_losses import build_forget_loss
 
 logger = logging.get_logger(__name__)
 
@@ -165,6 +166,32 @@ def eval_results(results: dict, dataset_name: str | None, hub_dataset: bool = Tr
     return entries
 
 
+def forget_loss_note(config: PBUConfig) -> str:
+    """For a forget term other than the paper's -CE, one sentence on how the run differs from the paper."""
+    if config.forget_loss == "neg_ce":
+        return ""
+    loss = build_forget_loss(config.forget_loss, config.npo_tau, config.distill_weight)
+    return (
+        f"This run replaced the paper's -CE forget term with `{config.forget_loss}` ({loss.summary}), a term bounded "
+        "below whose push on the forgotten classes vanishes once an image is forgotten, and "
+        + ("ran until the objective stopped falling instead of stopping as soon as the classes were gone."
+           if config.resolved_stop_rule == "plateau" else "stopped as soon as the classes were gone.")
+    )
+
+
+def stop_criterion(config: PBUConfig) -> str:
+    if config.resolved_stop_rule == "plateau":
+        return (
+            f"plateau: the objective (forget term's mean over an epoch plus the anchor penalty) fell by less than "
+            f"{config.stop_plateau_tolerance:g} (relative) for {config.stop_plateau_patience} epochs in a row"
+        )
+    return (
+        f"forget-train accuracy <= {config.stop_forget_accuracy:g}% on the whole forget set, evaluated "
+        f"when a step's training batches read <= {config.stop_trigger_accuracy:g}%; the run ends with the "
+        "weights that passed"
+    )
+
+
 def hyperparameters(config: PBUConfig, results: dict) -> list[tuple[str, str]]:
     """(name, value) rows of the run's PBU settings."""
     estimator = results.get("fisher_estimator") or config.fisher_estimator
@@ -175,7 +202,9 @@ def hyperparameters(config: PBUConfig, results: dict) -> list[tuple[str, str]]:
     if config.fisher_estimator == "auto":
         estimator += f" (auto: 'exact' up to {config.fisher_exact_max_classes} classes)"
     return [
-        ("alpha (weight of -CE on the forget data)", f"{config.alpha:g}"),
+        ("Forget term (`forget_loss`)", f"{config.forget_loss}: "
+         f"{build_forget_loss(config.forget_loss, config.npo_tau, config.distill_weight).summary}"),
+        ("alpha (weight of the forget term on the forget data)", f"{config.alpha:g}"),
         ("beta (weight of the Fisher-weighted distance)", f"{config.beta:g}"),
         ("gamma (weight of the plain L2 distance)", f"{config.gamma:g}"),
         ("Fisher estimator", estimator),
@@ -189,14 +218,7 @@ def hyperparameters(config: PBUConfig, results: dict) -> list[tuple[str, str]]:
         ),
         ("Epoch budget over S_n", f"{config.num_train_epochs:g}"),
         ("Optimizer steps run", str(results["steps"])),
-        (
-            "Stop criterion",
-            (
-                f"forget-train accuracy <= {config.stop_forget_accuracy:g}% on the whole forget set, evaluated "
-                f"when a step's training batches read <= {config.stop_trigger_accuracy:g}%; the run ends with the "
-                "weights that passed"
-            ),
-        ),
+        ("Stop criterion", stop_criterion(config)),
         ("BatchNorm statistics frozen", str(config.freeze_batchnorm)),
         ("Seed", str(config.seed)),
     ]
@@ -258,6 +280,8 @@ def write_model_card(
         stopped_at_step=results.get("stopped_at_step"),
         steps=results["steps"],
         stop_forget_accuracy=f"{config.stop_forget_accuracy:g}",
+        stop_rule=config.resolved_stop_rule,
+        forget_loss_note=forget_loss_note(config),
         table=table,
         has_retrain=has_retrain,
         has_mia=any(row["label"].startswith("MIA") for row in table),

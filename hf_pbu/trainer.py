@@ -220,7 +220,7 @@ class PBUTrainer(Trainer):
         self.stopped_at_step: int | None = None
         self.batch_accuracy: float | None = None  # the stop check's cheap signal: the last step's training batches
         self.forget_accuracy_history: list[tuple[int, float]] = []  # (step, percent) of whole-forget-set checks
-        self.plateau_history: list[float] = []  # the plateau rule's objective, one per window
+        self.plateau_history: list[float] = []  # the plateau rule's objective, one per epoch
         self.stop_check_seconds = 0.0
         self.add_callback(ForgetStopCallback(self))
 
@@ -230,10 +230,13 @@ class PBUTrainer(Trainer):
 
     def prepare_penalty(self) -> AnchorPenalty:
         """theta* and w = beta * F + gamma, built on the first call (the start of `train`, or an evaluation before
-        it) from the model as it is then: the source model."""
+        it) from the model as it is then: the source model. With beta = 0 the Fisher weighs nothing and is not
+        computed."""
         if self._penalty is None:
             fisher = self._given_fisher
-            if fisher is None:
+            if fisher is None and self.args.beta == 0:
+                fisher = {name: torch.zeros_like(p) for name, p in self.model.named_parameters()}
+            elif fisher is None:
                 fisher, self.fisher_seconds = self._fisher()
             self._penalty = AnchorPenalty(self.model, fisher, self.args.beta, self.args.gamma)
             self._given_fisher = None

@@ -64,6 +64,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, config: PBUConfig)
                                data.eval_split)
     if data.eval_holdout_fraction:
         results["eval_holdout_fraction"] = data.eval_holdout_fraction
+    trainer.accelerator.end_training()  # the last collective is behind: the process group ends before the processes
     if trainer.is_world_process_zero():
         reload = save_classifier(loaded, trainer.model, config.output_dir)
         path = save_results(results, config.output_dir)

@@ -1,6 +1,7 @@
 """The card of an unlearned model, rendered from a real PBU run and read back as the Hub reads it."""
 
 import copy
+import dataclasses
 import json
 import re
 import shutil
@@ -95,7 +96,7 @@ def test_card_of_a_real_run_parses_back_with_metadata_and_table_matching_results
     assert f"{saved['forget_train_samples']} training images of the forgotten class" in text
     assert "A_Df and A_Dr on the `test` split" in text
     assert f"Fisher diagonal: {saved['fisher_seconds']:.1f} s" in text
-    assert f"| alpha (weight of -CE on the forget data) | {config.alpha:g} |" in text
+    assert f"| alpha (weight of the forget term on the forget data) | {config.alpha:g} |" in text
     assert f'timm.create_model("hf-hub:{output_dir.name}", pretrained=True)' in text
     title = "Partially Blinded Unlearning: Class Unlearning for Deep Networks a Bayesian Perspective"
     assert f"title     = {{{title}}}" in text
@@ -187,3 +188,15 @@ def test_card_of_local_data_held_out_of_train_says_so(run, tmp_path):
     assert "A_Df and A_Dr on 20% of the `train` split held out" in loaded.text
     assert "only meaningful if the base model was not trained on" in loaded.text
     assert {result.dataset_split for result in loaded.data.eval_results} == {"train"}
+
+
+def test_card_names_a_bounded_forget_term_and_how_it_differs_from_the_paper(run):
+    output_dir, results, config, _ = run
+    for loss, note in (("neg_ce", False), ("relabel+distill", True)):
+        bounded = dataclasses.replace(config, forget_loss=loss)
+        write_model_card(str(output_dir), results, bounded, "org/tiny-digits", "timm", None, None, base_card=BASE_CARD)
+        text = ModelCard.load(output_dir / "README.md").text
+
+        assert f"| Forget term (`forget_loss`) | {loss}: " in text
+        assert ("replaced the paper's -CE forget term with `relabel+distill`" in text) == note
+        assert ("The objective stopped falling at step" in text) == note

@@ -309,3 +309,11 @@ def test_auto_fisher_estimator_is_exact_up_to_the_class_limit_then_mc(tmp_path, 
     trainer.train()
     assert trainer.fisher_estimator == expected
     assert config(tmp_path, fisher_estimator="empirical").fisher_estimator_for(1000) == "empirical"
+
+
+def test_no_fisher_is_computed_when_beta_is_zero(tmp_path, monkeypatch):
+    model, forget = forget_model_and_data()
+    trainer = PBUTrainer(model=model, args=config(tmp_path, max_steps=1, beta=0.0), train_dataset=forget)
+    monkeypatch.setattr(trainer, "_fisher", lambda: pytest.fail("the Fisher was computed with beta = 0"))
+    trainer.train()
+    assert torch.all(trainer.penalty.weight == trainer.args.gamma)

@@ -41,10 +41,11 @@ if __name__ == "__main__":
     # No stop: the budget runs out, at the one-process count, and checkpoints are saved within it.
     budget_run = PBUTrainer(model=model, args=config(output_dir, stop_forget_accuracy=-1), train_dataset=forget)
     budget_run.train()
-    # Stop at 10%: the training batches read 0% or 25% on 4 images; the whole set reads 1/15.
+    # Stop at 10%: a step's training batches (4 images over both processes) read 0% or 25%, and those at 0% trigger
+    # the check; the whole set reads 1/15.
     model, forget = fixture()
-    stop_run = PBUTrainer(model=model, args=config(output_dir + "-stop", save_strategy="no", stop_forget_accuracy=10,
-                                                   stop_window_samples=4), train_dataset=forget)
+    stop_run = PBUTrainer(model=model, args=config(output_dir + "-stop", save_strategy="no", stop_forget_accuracy=10),
+                          train_dataset=forget)
     stop_run.train()
     whole_set_accuracy = budget_run.forget_accuracy()  # a collective: every process runs it
     if budget_run.is_world_process_zero():
@@ -56,3 +57,5 @@ if __name__ == "__main__":
             "stopped_at_step": stop_run.stopped_at_step,
             "confirmations": stop_run.forget_accuracy_history,
         }))
+    budget_run.accelerator.wait_for_everyone()
+    budget_run.accelerator.end_training()  # the process group ends before the processes do
