@@ -2,12 +2,14 @@
 `--forget_loss npo --learning_rate 1e-4`), every forget class and seed asked for, A_Df, A_Dr and its gap to the
 retrain oracle, the MIA, steps and time; `--table` prints every setting measured so far, side by side.
 
-    python benchmarks/forget_losses.py --dataset digits --forget_classes 0 1 2 3 4 5 6 7 8 9 --forget_loss npo
+    python benchmarks/forget_losses.py --dataset digits --forget_classes 0 1 2 3 4 5 6 7 8 9 0+6 --forget_loss npo
     python benchmarks/forget_losses.py --dataset digits --table --plot benchmarks/forget_losses_digits.png
 
 The base model, the retrain oracle and the mask-logits reference come from `scripts/benchmark.py` (run it first with
 `--methods retrain mask_logits` on the same classes and seeds, into `--results_dir`). Records go to
-`<results_dir>/forget_losses_<dataset>.json`, one per (setting, class, seed); a rerun skips the cells already there.
+`<results_dir>/forget_losses_<dataset>.json`, one per (setting, cell, seed); a rerun skips the cells already there. A
+cell "0+6" forgets both classes at once. The gap is to the retrain oracle of the same seed, or to the mean of the
+oracle's seeds measured for that cell where the same seed's retrain was not run.
 The Fisher is cached (`--fisher_cache_dir`), so `seconds` is the unlearning alone.
 """
 
@@ -26,7 +28,7 @@ from transformers import HfArgumentParser
 from transformers.utils import logging
 
 from hf_pbu import PBUConfig, PBUTrainer
-from hf_pbu.benchmark import cell_splits
+from hf_pbu.benchmark import cell_sort_key, cell_splits, parse_cell
 from hf_pbu.data import digits_dataset
 from hf_pbu.demo import eval_transform
 from hf_pbu.fashion_mnist import DEFAULT_DIR, fashion_mnist_dataset
@@ -41,7 +43,10 @@ SETTING_FIELDS = ("forget_loss", "alpha", "learning_rate", "stop_rule", "npo_tau
 @dataclass
 class StudyArguments:
     dataset: str = field(default="digits", metadata={"choices": list(MODEL_DIRS)})
-    forget_classes: list[int] = field(default_factory=lambda: list(range(10)), metadata={"help": "One cell each."})
+    forget_classes: list[str] = field(
+        default_factory=lambda: [str(c) for c in range(10)],
+        metadata={"help": "One cell each: a class id, or ids joined by '+' to forget them at once."},
+    )
     seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "Seeds of the unlearning runs."})
     base_model_dir: str | None = field(default=None, metadata={"help": "Default: scripts/benchmark.py's."})
     results_dir: str = field(default="benchmarks", metadata={"help": "Holds quality_<dataset>.json (the oracle)."})
@@ -93,7 +98,7 @@ def measure_setting(args: StudyArguments, config: PBUConfig, path: str) -> None:
     base = timm.create_model(f"local-dir:{args.base_model_dir or MODEL_DIRS[args.dataset]}", pretrained=True).eval()
     transform = eval_transform(base)
     setting = setting_of(config)
-    for forget_class in args.forget_classes:
+    for forget_class in map(parse_cell, args.forget_classes):
         splits = cell_splits(data, transform, forget_class, mia_members=2000)
         for seed in args.seeds:
             records = load_json(path, {"records": []})["records"]
@@ -114,14 +119,23 @@ def measure_setting(args: StudyArguments, config: PBUConfig, path: str) -> None:
                   flush=True)
 
 
-def gaps_by_setting(records: list[dict], oracles: dict) -> dict[str, dict[int, list[tuple[float, dict]]]]:
-    """label -> class -> [(A_Dr gap to retrain of the same seed, record)]; cells without an oracle left out."""
-    table: dict[str, dict[int, list]] = {}
+def oracle_retain_accuracy(oracles: dict, cell, seed: int) -> float | None:
+    """The retrain oracle's A_Dr for (cell, seed): that seed's run, else the mean over the cell's retrain seeds."""
+    same_seed = oracles.get(("retrain", cell, seed))
+    if same_seed is not None:
+        return same_seed["retain_accuracy"]
+    others = [r["retain_accuracy"] for (method, c, _), r in oracles.items() if method == "retrain" and c == cell]
+    return float(np.mean(others)) if others else None
+
+
+def gaps_by_setting(records: list[dict], oracles: dict) -> dict[str, dict[int | str, list[tuple[float, dict]]]]:
+    """label -> cell -> [(A_Dr gap to the retrain oracle, record)]; cells without an oracle left out."""
+    table: dict[str, dict[int | str, list]] = {}
     for r in records:
-        retrain = oracles.get(("retrain", r["forget_class"], r["seed"]))
+        retrain = oracle_retain_accuracy(oracles, r["forget_class"], r["seed"])
         if retrain is not None:
             cells = table.setdefault(setting_label(r["setting"]), {}).setdefault(r["forget_class"], [])
-            cells.append((r["retain_accuracy"] - retrain["retain_accuracy"], r))
+            cells.append((r["retain_accuracy"] - retrain, r))
     return table
 
 
@@ -130,18 +144,20 @@ def gap_cell(cells: list[tuple[float, dict]]) -> str:
     if not cells:
         return ""
     a_df = np.mean([r["forget_accuracy"] for _, r in cells])
-    return f"{np.mean([g for g, _ in cells]):+.1f}" + (f" ({a_df:.0f})" if a_df > 1 else "")
+    seeds = f" /{len(cells)}" if len(cells) > 1 else ""
+    return f"{np.mean([g for g, _ in cells]):+.1f}{seeds}" + (f" ({a_df:.0f})" if a_df > 1 else "")
 
 
 def print_tables(args: StudyArguments, path: str) -> None:
     results = load_json(path, {"records": [], "commands": []})
     oracles = oracle(args.results_dir, args.dataset)
     table = gaps_by_setting(results["records"], oracles)
-    classes = sorted({c for by_class in table.values() for c in by_class})
+    classes = sorted({c for by_class in table.values() for c in by_class}, key=cell_sort_key)
     masked = [oracles[("mask_logits", c, 0)]["retain_accuracy"] - oracles[("retrain", c, 0)]["retain_accuracy"]
               for c in classes if ("mask_logits", c, 0) in oracles and ("retrain", c, 0) in oracles]
-    retrain_mia = [oracles[("retrain", c, 0)]["mia"]["loss_logistic"] for c in classes]
-    print("| setting | classes | mean A_Df (%) | max A_Df (%) | mean A_Dr gap | worst gap | cells < −1 | "
+    retrain_mia = [r["mia"]["loss_logistic"] for (method, c, _), r in oracles.items() if method == "retrain"
+                   and c in classes]
+    print("| setting | cells | mean A_Df (%) | max A_Df (%) | mean A_Dr gap | worst gap | cells < −1 | "
           "MIA LR (%) | steps | time (s) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     print(f"| retrain (oracle) | {len(classes)} | 0.0 | 0.0 | 0 | 0 | 0 | {np.mean(retrain_mia):.1f} | | |")
@@ -156,7 +172,8 @@ def print_tables(args: StudyArguments, path: str) -> None:
               f"{max(r['forget_accuracy'] for r in records):.1f} | {np.mean(gaps):+.2f} | {min(gaps):+.1f} | "
               f"{sum(g < -1 for g in gaps)} | {np.mean(mia) if mia else float('nan'):.1f} | "
               f"{np.mean([r['steps'] for r in records]):.0f} | {np.mean([r['seconds'] for r in records]):.0f} |")
-    print("\nA_Dr gap to retrain (points) per forget class (mean over seeds; A_Df test in brackets where above 1%):\n")
+    print("\nA_Dr gap to retrain (points) per forget class (mean over seeds, their number after a slash where more "
+          "than one; A_Df test in brackets where above 1%):\n")
     print("| setting | " + " | ".join(map(str, classes)) + " |")
     print("|---|" + "---|" * len(classes))
     for label, by_class in table.items():
@@ -174,10 +191,10 @@ def plot_gaps(table: dict, classes: list[int], path: str, dataset: str) -> None:
 
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for label, by_class in table.items():
-        present = [c for c in classes if c in by_class]
-        axis.plot(present, [np.mean([g for g, _ in by_class[c]]) for c in present], marker="o", label=label)
+        present = [i for i, c in enumerate(classes) if c in by_class]
+        axis.plot(present, [np.mean([g for g, _ in by_class[classes[i]]]) for i in present], marker="o", label=label)
     axis.axhline(-1, color="grey", linestyle="--", linewidth=1)
-    axis.set_xticks(classes)
+    axis.set_xticks(range(len(classes)), [str(c) for c in classes])
     axis.set_xlabel("forget class")
     axis.set_ylabel("A_Dr − retrain A_Dr (points)")
     axis.set_title(f"{dataset}: A_Dr gap to the retrain oracle per forget class")

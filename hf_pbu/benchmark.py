@@ -1,4 +1,6 @@
-"""PBU against the baselines: one cell = (method, forget class, seed) on a trained base model.
+"""PBU against the baselines: one cell = (method, forget class or classes, seed) on a trained base model.
+
+A cell's classes are stored as an int (one class) or as a string "0+6" (classes forgotten at once).
 
 A cell copies the base model, runs the method on the data it declares it needs, and measures A_Df (forget test
 accuracy), A_Dr (retain test accuracy), the membership-inference rate on the forget training data and the wall time.
@@ -25,11 +27,34 @@ from .pipeline import measure
 SECTION_TITLE = "## Quality: PBU vs baselines (issue 5)"
 
 
-def cell_splits(data: DatasetDict, transform, forget_class: int, mia_members: int, seed: int = 0) -> dict:
-    """Transformed splits of one forget class: forget_train, forget_test, retain_test, retain_train (a fixed sample:
-    the MIA's members) and retain_train_all (all retained training data, for the methods that need it)."""
-    splits = unlearning_splits(data, [forget_class], retain_train_samples=mia_members, seed=seed)
-    splits["retain_train_all"] = split_by_classes(data["train"], [forget_class])[1]
+Cell = int | str
+
+
+def parse_cell(text: str) -> Cell:
+    """A command-line cell: "3" -> 3, "6+0" -> "0+6" (several classes forgotten at once)."""
+    classes = sorted({int(part) for part in str(text).split("+")})
+    return classes[0] if len(classes) == 1 else "+".join(map(str, classes))
+
+
+def cell_classes(cell: Cell) -> list[int]:
+    return [int(part) for part in str(cell).split("+")]
+
+
+def cell_sort_key(cell: Cell) -> tuple[int, list[int]]:
+    """Single classes first, in id order, then the groups."""
+    return len(cell_classes(cell)), cell_classes(cell)
+
+
+def cell_name(cell: Cell, names: list[str]) -> str:
+    return f"{cell} ({'+'.join(names[c] for c in cell_classes(cell))})"
+
+
+def cell_splits(data: DatasetDict, transform, cell: Cell, mia_members: int, seed: int = 0) -> dict:
+    """Transformed splits of one cell: forget_train, forget_test, retain_test, retain_train (a fixed sample: the MIA's
+    members) and retain_train_all (all retained training data, for the methods that need it)."""
+    classes = cell_classes(cell)
+    splits = unlearning_splits(data, classes, retain_train_samples=mia_members, seed=seed)
+    splits["retain_train_all"] = split_by_classes(data["train"], classes)[1]
     return {name: with_image_transform(split, transform) for name, split in splits.items()}
 
 
@@ -105,7 +130,7 @@ def _pm(value: tuple[float, float] | None, digits: int = 1) -> str:
 def markdown_table(results: dict, class_names: list[str]) -> str:
     """The paper's table (per method and forget class) and PBU's A_Dr gap to retraining, as markdown."""
     summary = summarise(results["records"])
-    classes = sorted({key[1] for key in summary})
+    classes = sorted({key[1] for key in summary}, key=cell_sort_key)
     lines = [
         "| Method | Data needed | Forget class | A_Df (%) | A_Dr (%) | MIA SVC (%) | MIA LR (%) | Time (s) | Seeds |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -114,7 +139,7 @@ def markdown_table(results: dict, class_names: list[str]) -> str:
         before = results["original"][str(forget_class)]
         mia = before.get("mia") or {}
         lines.append(
-            f"| original (before) | – | {forget_class} ({class_names[forget_class]}) | "
+            f"| original (before) | – | {cell_name(forget_class, class_names)} | "
             f"{before['forget_accuracy']:.1f} | {before['retain_accuracy']:.1f} | "
             f"{mia.get('entropy_svc', float('nan')):.1f} | {mia.get('loss_logistic', float('nan')):.1f} | – | – |"
         )
@@ -124,7 +149,7 @@ def markdown_table(results: dict, class_names: list[str]) -> str:
                 lines.append(f"| {method} | {METHODS[method].data_needed} | {forget_class} | not run | | | | | |")
                 continue
             lines.append(
-                f"| {method} | {row['data_needed']} | {forget_class} ({class_names[forget_class]}) | "
+                f"| {method} | {row['data_needed']} | {cell_name(forget_class, class_names)} | "
                 f"{_pm(row['forget_accuracy'])} | {_pm(row['retain_accuracy'])} | "
                 f"{_pm(row.get('mia_entropy_svc'))} | {_pm(row.get('mia_loss_logistic'))} | "
                 f"{_pm(row['seconds'], 0)} | {','.join(map(str, row['seeds']))} |"
@@ -138,7 +163,8 @@ def markdown_table(results: dict, class_names: list[str]) -> str:
         (r["forget_class"], r["seed"]): r["retain_accuracy"] for r in results["records"] if r["method"] == "retrain"
     }
     pbu_records = sorted(
-        (r for r in results["records"] if r["method"] == "pbu"), key=lambda r: (r["forget_class"], r["seed"])
+        (r for r in results["records"] if r["method"] == "pbu"),
+        key=lambda r: (cell_sort_key(r["forget_class"]), r["seed"]),
     )
     for record in pbu_records:
         forget_class, seed = record["forget_class"], record["seed"]
@@ -147,7 +173,7 @@ def markdown_table(results: dict, class_names: list[str]) -> str:
             oracle = summary[("retrain", forget_class)]["retain_accuracy"][0]
         gap = "n/a" if oracle is None else f"{record['retain_accuracy'] - oracle:+.1f}"
         lines.append(
-            f"| {forget_class} ({class_names[forget_class]}) | {seed} | {record['forget_train_accuracy']:.1f} | "
+            f"| {cell_name(forget_class, class_names)} | {seed} | {record['forget_train_accuracy']:.1f} | "
             f"{record['forget_accuracy']:.1f} | {record['retain_accuracy']:.1f} | "
             f"{'n/a' if oracle is None else f'{oracle:.1f}'} | {gap} |"
         )

@@ -64,7 +64,9 @@ FASHION_ARCH = "resnet18"
 FASHION_MODEL_ARGS = {"channels": (16, 32, 64, 128), "stem_width": 16}
 
 
-def train_fashion_mnist_model(save_directory: str, data: DatasetDict, epochs: float = 4, seed: int = 0) -> str:
+def train_fashion_mnist_model(
+    save_directory: str, data: DatasetDict, epochs: float = 4, seed: int = 0, label_smoothing: float = 0.1
+) -> str:
     """Train the benchmark's Fashion-MNIST classifier once (timm Hub layout); reuse it if already there."""
     if os.path.exists(os.path.join(save_directory, "config.json")):
         return save_directory
@@ -76,7 +78,7 @@ def train_fashion_mnist_model(save_directory: str, data: DatasetDict, epochs: fl
         pretrained_cfg_overlay={**SMALL_IMAGE_PRETRAINED_CFG, "label_names": CLASS_NAMES},
         **FASHION_MODEL_ARGS,
     )
-    args = training_recipe(os.path.join(save_directory, "checkpoints"), epochs, seed)
+    args = training_recipe(os.path.join(save_directory, "checkpoints"), epochs, seed, label_smoothing)
     train = with_image_transform(data["train"], eval_transform(model))
     ClassifierTrainer(model=model, args=args, train_dataset=train).train()
     save_for_hf(model.cpu(), save_directory, model_args=FASHION_MODEL_ARGS, safe_serialization=True)

@@ -1,7 +1,11 @@
 """PBU against retrain, fine-tune, UNSIR, Bad Teaching, SSD and SCRUB: methods x forget classes x seeds.
 
     python scripts/benchmark.py --dataset digits --forget_classes 2 6 8 --seeds 0 1 2 [any PBUConfig flag]
-    python scripts/benchmark.py --dataset fashion_mnist --forget_classes 0 6 9 --seeds 0
+    python scripts/benchmark.py --dataset fashion_mnist --forget_classes 0 6 9 0+6 --seeds 0
+    python scripts/benchmark.py --dataset digits --base_label_smoothing 0 --results_dir benchmarks/plain_ce
+
+A cell "0+6" forgets classes 0 and 6 at once. `--base_label_smoothing 0` trains the base model and the retrain
+oracle with plain cross-entropy (most published classifiers) instead of timm's label smoothing 0.1.
 
 Trains (once, cached under outputs/) the base model, then runs every cell, appending one record per cell to
 benchmarks/quality_<dataset>.json; a rerun skips the cells already there with the same hyperparameters. After every
@@ -32,6 +36,7 @@ from hf_pbu.benchmark import (
     config_key,
     config_summary,
     markdown_table,
+    parse_cell,
     plot,
     replace_section,
     run_cell,
@@ -45,10 +50,10 @@ logger = logging.get_logger(__name__)
 
 DATASETS = {
     "digits": "scikit-learn digits (8x8 upsampled to 32x32; 1,437 train / 360 test), timm ResNet-18 "
-    "(11.2M parameters) trained 12 epochs by `hf_pbu.demo.train_digits_model`",
+    "(11.2M parameters) trained 12 epochs by `hf_pbu.demo.train_digits_model` (label smoothing {smoothing:g})",
     "fashion_mnist": "Fashion-MNIST (28x28 upsampled to 32x32; 60,000 train / 10,000 test), "
     "quarter-width timm ResNet-18 (channels 16-32-64-128, 0.7M parameters) trained {epochs:g} epochs by "
-    "`hf_pbu.fashion_mnist.train_fashion_mnist_model`",
+    "`hf_pbu.fashion_mnist.train_fashion_mnist_model` (label smoothing {smoothing:g})",
 }
 
 
@@ -56,12 +61,18 @@ DATASETS = {
 class BenchmarkArguments:
     dataset: str = field(default="digits", metadata={"help": "Benchmark data.", "choices": list(DATASETS)})
     methods: list[str] = field(default_factory=lambda: list(METHODS), metadata={"help": f"Among {list(METHODS)}."})
-    forget_classes: list[int] = field(default_factory=lambda: [2, 6, 8], metadata={"help": "Class ids, one per cell."})
+    forget_classes: list[str] = field(
+        default_factory=lambda: ["2", "6", "8"],
+        metadata={"help": "One cell each: a class id, or ids joined by '+' (e.g. 0+6) to forget them at once."},
+    )
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "Seeds of the unlearning runs."})
     base_model_dir: str | None = field(
         default=None, metadata={"help": "Where the base model is trained and cached (default: outputs/<dataset>-...)."}
     )
     base_epochs: float = field(default=2, metadata={"help": "Epochs of the Fashion-MNIST base model (and retrain)."})
+    base_label_smoothing: float = field(
+        default=0.1, metadata={"help": "Label smoothing of the base model and retrain recipe (0: plain cross-entropy)."}
+    )
     fashion_mnist_dir: str = field(default=DEFAULT_DIR, metadata={"help": "Folder of the Fashion-MNIST idx files."})
     mia_members: int = field(default=2000, metadata={"help": "Retained training images used as MIA members."})
     eval_batch_size: int = field(default=256, metadata={"help": "Batch size of the accuracy and MIA passes."})
@@ -70,17 +81,24 @@ class BenchmarkArguments:
 
 def load_base(args: BenchmarkArguments):
     """(data, base model, retrain recipe factory, description) of the chosen dataset."""
+    smoothing = args.base_label_smoothing
+    suffix = "" if smoothing == 0.1 else f"-ls{smoothing:g}"
     if args.dataset == "digits":
         data = digits_dataset()
-        model_dir = train_digits_model(args.base_model_dir or "outputs/digits-resnet18")
+        model_dir = args.base_model_dir or f"outputs/digits-resnet18{suffix}"
+        train_digits_model(model_dir, label_smoothing=smoothing)
         epochs = 12
     else:
         data = fashion_mnist_dataset(args.fashion_mnist_dir)
-        model_dir = args.base_model_dir or f"outputs/fashion-mnist-resnet18q-{args.base_epochs:g}ep"
-        train_fashion_mnist_model(model_dir, data, epochs=args.base_epochs)
+        model_dir = args.base_model_dir or f"outputs/fashion-mnist-resnet18q-{args.base_epochs:g}ep{suffix}"
+        train_fashion_mnist_model(model_dir, data, epochs=args.base_epochs, label_smoothing=smoothing)
         epochs = args.base_epochs
     model = timm.create_model(f"local-dir:{model_dir}", pretrained=True).eval()
-    return data, model, lambda seed: training_recipe(tempfile.mkdtemp(prefix="retrain_"), epochs, seed), epochs
+
+    def recipe(seed: int):
+        return training_recipe(tempfile.mkdtemp(prefix="retrain_"), epochs, seed, smoothing)
+
+    return data, model, recipe, epochs
 
 
 def method_config(name: str, seed: int, pbu_config: PBUConfig, recipe):
@@ -217,14 +235,14 @@ def main() -> None:
     results = load_results(json_path)
     meta = {
         "command": "python scripts/benchmark.py " + shlex.join(sys.argv[1:]),
-        "description": DATASETS[args.dataset].format(epochs=epochs),
+        "description": DATASETS[args.dataset].format(epochs=epochs, smoothing=args.base_label_smoothing),
         "class_names": names,
         "plot": png_path,
         "configs": {name: config_summary(method_config(name, 0, pbu_config, recipe)) for name in args.methods},
         "original": {},
     }
     new_records: list[dict] = []
-    cells = [(0 if METHODS[m].deterministic else seed, c, m)
+    cells = [(0 if METHODS[m].deterministic else seed, parse_cell(c), m)
              for seed in args.seeds for c in args.forget_classes for m in args.methods]
     cells = list(dict.fromkeys(cells))  # deterministic methods run once per class
     progress = logging.tqdm(cells, desc=f"benchmark {args.dataset}")
