@@ -211,6 +211,7 @@ def main() -> None:
     argv = sys.argv[1:] + ([] if "--output_dir" in sys.argv else ["--output_dir", "outputs/forget_losses"])
     args, config = parser.parse_args_into_dataclasses(args=argv)
     path = os.path.join(args.results_dir, f"forget_losses_{args.dataset}.json")
+    os.makedirs(args.results_dir, exist_ok=True)
     if args.table:
         print_tables(args, path)
         return
