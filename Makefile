@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 
 # Offline demo: train a ResNet-18 on scikit-learn's real digits (once), then the main job forgets digit 3.
 demo: $(VENV)/.installed
-	$(PY) scripts/prepare_demo.py
+	$(PY) benchmarks/prepare_demo.py
 	$(PY) scripts/unlearn.py --model_id outputs/digits-resnet18 --dataset_name outputs/digits \
 		--forget_class digit_3 --output_dir outputs/digits-unlearned --disable_tqdm true
 

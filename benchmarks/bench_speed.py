@@ -9,6 +9,7 @@ shared machine the CPU seconds are the steadier figure.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -29,9 +30,11 @@ from hf_pbu import PBUConfig
 
 def digits_setup(args):
     import timm
+    from base_models import train_digits_model
+    from offline_data import digits_dataset
 
-    from hf_pbu.data import digits_dataset, split_by_classes, unlearning_splits, with_image_transform
-    from hf_pbu.demo import eval_transform, train_digits_model
+    from hf_pbu.data import split_by_classes, unlearning_splits, with_image_transform
+    from hf_pbu.models import eval_transform
 
     model = timm.create_model(f"local-dir:{train_digits_model(args.base_model_dir)}", pretrained=True)
     data = digits_dataset()
@@ -177,23 +180,24 @@ def part_one_step_kind(args, name: str):
 
 def part_pbu_end_to_end(args, estimator: str):
     from hf_pbu import PBUConfig
-    from hf_pbu.pipeline import unlearn
+    from hf_pbu.unlearning import unlearn
 
     model, splits, _ = digits_setup(args)
     config = PBUConfig(output_dir=os.path.join(args.work_dir, "pbu"), report_to="none", use_cpu=True,
                        fisher_cache_dir="none", disable_tqdm=True, save_strategy="no", seed=0,
                        fisher_estimator=estimator)
     (_, results), times = timed(lambda: unlearn(model, config, splits, [args.forget_class]))
-    return {**times, "fisher_s": results["fisher_seconds"], "unlearn_s": results["unlearn_seconds"],
-            "steps": results["steps"], "after": results["after"], "before": results["before"]}
+    return {**times, "fisher_s": results.fisher_seconds, "unlearn_s": results.unlearn_seconds,
+            "steps": results.steps, "after": dataclasses.asdict(results.after),
+            "before": dataclasses.asdict(results.before)}
 
 
 def part_retrain(args):
     import timm
+    from base_models import DIGITS_ARCH, SMALL_IMAGE_PRETRAINED_CFG, training_recipe
 
     from hf_pbu.classifier_training import ClassifierTrainer
-    from hf_pbu.demo import DIGITS_ARCH, SMALL_IMAGE_PRETRAINED_CFG, training_recipe
-    from hf_pbu.metrics import accuracy
+    from hf_pbu.evaluation import accuracy
 
     base, splits, retain_train = digits_setup(args)
     torch.manual_seed(0)
@@ -203,8 +207,8 @@ def part_retrain(args):
     recipe.use_cpu, recipe.disable_tqdm = True, True
     output, times = timed(lambda: ClassifierTrainer(model=model, args=recipe, train_dataset=retain_train).train())
     return {**times, "train_runtime_s": output.metrics["train_runtime"], "retain_train_images": len(retain_train),
-            "forget_accuracy": accuracy(model, splits["forget_test"], 64),
-            "retain_accuracy": accuracy(model, splits["retain_test"], 64)}
+            "forget_test_accuracy": accuracy(model, splits["forget_test"], 64),
+            "retain_test_accuracy": accuracy(model, splits["retain_test"], 64)}
 
 
 PARTS = {
@@ -334,11 +338,11 @@ def summary(results: dict, args, load_before, load_after) -> str:
         f"| PBU end to end / retrain time (wall): exact; mc Fisher | "
         f"{100 * pbu_total / retrain['train_runtime_s']:.1f}%; "
         f"{100 * pbu_mc_total / retrain['train_runtime_s']:.1f}% |",
-        f"| A_Df / A_Dr after PBU (%): exact; mc Fisher | {pbu['after']['forget_accuracy']:.1f} / "
-        f"{pbu['after']['retain_accuracy']:.1f}; {pbu_mc['after']['forget_accuracy']:.1f} / "
-        f"{pbu_mc['after']['retain_accuracy']:.1f} |",
-        f"| A_Df / A_Dr of the retrained model (%) | {retrain['forget_accuracy']:.1f} / "
-        f"{retrain['retain_accuracy']:.1f} |",
+        f"| A_Df / A_Dr after PBU (%): exact; mc Fisher | {pbu['after']['forget_test_accuracy']:.1f} / "
+        f"{pbu['after']['retain_test_accuracy']:.1f}; {pbu_mc['after']['forget_test_accuracy']:.1f} / "
+        f"{pbu_mc['after']['retain_test_accuracy']:.1f} |",
+        f"| A_Df / A_Dr of the retrained model (%) | {retrain['forget_test_accuracy']:.1f} / "
+        f"{retrain['retain_test_accuracy']:.1f} |",
     ]
     return "\n".join(lines)
 

@@ -19,17 +19,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import timm
 import torch
+from base_models import train_digits_model, train_fashion_mnist_model
+from cells import cell_splits
+from offline_data import DEFAULT_DIR, digits_dataset, fashion_mnist_dataset
 from transformers import HfArgumentParser
 from transformers.utils import logging
 
 from hf_pbu import PBUConfig, PBUTrainer
-from hf_pbu.benchmark import cell_splits
-from hf_pbu.data import digits_dataset
-from hf_pbu.demo import eval_transform, train_digits_model
-from hf_pbu.fashion_mnist import DEFAULT_DIR, fashion_mnist_dataset, train_fashion_mnist_model
+from hf_pbu.evaluation import measure, predictions
 from hf_pbu.fisher import score_directions
-from hf_pbu.metrics import predictions
-from hf_pbu.pipeline import measure
+from hf_pbu.models import eval_transform
 
 # (label, PBUConfig overrides) of each estimator setting compared.
 SETTINGS = {
@@ -89,7 +88,7 @@ def main() -> None:
             trainer.train()
             seconds = time.perf_counter() - start
             after = measure(unlearned.eval(), splits, 256)
-            record = (after["forget_accuracy"], after["retain_accuracy"], trainer.fisher_seconds, seconds,
+            record = (after.forget_test_accuracy, after.retain_test_accuracy, trainer.fisher_seconds, seconds,
                       directions_per_image(model, splits["forget_train"], setting))
             rows[name].append(record)
             print(f"class {forget_class} {name:14} A_Df {record[0]:5.1f} A_Dr {record[1]:5.1f} "

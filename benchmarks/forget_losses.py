@@ -5,8 +5,8 @@ retrain oracle, the MIA, steps and time; `--table` prints every setting measured
     python benchmarks/forget_losses.py --dataset digits --forget_classes 0 1 2 3 4 5 6 7 8 9 0+6 --forget_loss npo
     python benchmarks/forget_losses.py --dataset digits --table --plot benchmarks/forget_losses_digits.png
 
-The base model, the retrain oracle and the mask-logits reference come from `scripts/benchmark.py` (run it first with
-`--methods retrain mask_logits` on the same classes and seeds, into `--results_dir`). Records go to
+The base model, the retrain oracle and the mask-logits reference come from `benchmarks/compare_methods.py` (run it
+first with `--methods retrain mask_logits` on the same classes and seeds, into `--results_dir`). Records go to
 `<results_dir>/forget_losses_<dataset>.json`, one per (setting, cell, seed); a rerun skips the cells already there. A
 cell "0+6" forgets both classes at once. The gap is to the retrain oracle of the same seed, or to the mean of the
 oracle's seeds measured for that cell where the same seed's retrain was not run.
@@ -24,15 +24,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import timm
 import torch
+from cells import cell_sort_key, cell_splits, parse_cell
+from offline_data import DEFAULT_DIR, digits_dataset, fashion_mnist_dataset
 from transformers import HfArgumentParser
 from transformers.utils import logging
 
 from hf_pbu import PBUConfig, PBUTrainer
-from hf_pbu.benchmark import cell_sort_key, cell_splits, parse_cell
-from hf_pbu.data import digits_dataset
-from hf_pbu.demo import eval_transform
-from hf_pbu.fashion_mnist import DEFAULT_DIR, fashion_mnist_dataset
-from hf_pbu.pipeline import measure
+from hf_pbu.evaluation import measure
+from hf_pbu.models import eval_transform
 
 MODEL_DIRS = {"digits": "outputs/digits-resnet18", "fashion_mnist": "outputs/fashion-mnist-resnet18q-2ep"}
 # The PBUConfig fields that tell two settings apart in the tables.
@@ -48,7 +47,7 @@ class StudyArguments:
         metadata={"help": "One cell each: a class id, or ids joined by '+' to forget them at once."},
     )
     seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "Seeds of the unlearning runs."})
-    base_model_dir: str | None = field(default=None, metadata={"help": "Default: scripts/benchmark.py's."})
+    base_model_dir: str | None = field(default=None, metadata={"help": "Default: benchmarks/compare_methods.py's."})
     results_dir: str = field(default="benchmarks", metadata={"help": "Holds quality_<dataset>.json (the oracle)."})
     table: bool = field(default=False, metadata={"help": "Print the tables of every setting measured; run nothing."})
     plot: str | None = field(default=None, metadata={"help": "With --table: also plot the A_Dr gap per class."})
@@ -82,12 +81,12 @@ def run_cell(base: torch.nn.Module, splits: dict, config: PBUConfig, eval_batch_
     trainer.train()
     seconds = time.perf_counter() - start
     model = trainer.model.eval()
-    return {**measure(model, splits, eval_batch_size, seed=config.seed), "seconds": seconds,
+    return {**dataclasses.asdict(measure(model, splits, eval_batch_size, seed=config.seed)), "seconds": seconds,
             "steps": trainer.state.global_step, "stopped_at_step": trainer.stopped_at_step}
 
 
 def oracle(results_dir: str, dataset: str) -> dict[tuple[str, int, int], dict]:
-    """scripts/benchmark.py's retrain and mask_logits records, by (method, class, seed)."""
+    """benchmarks/compare_methods.py's retrain and mask_logits records, by (method, class, seed)."""
     quality = load_json(os.path.join(results_dir, f"quality_{dataset}.json"), {"records": []})
     return {(r["method"], r["forget_class"], r["seed"]): r for r in quality["records"]
             if r["method"] in ("retrain", "mask_logits")}
@@ -114,17 +113,17 @@ def measure_setting(args: StudyArguments, config: PBUConfig, path: str) -> None:
             results["commands"] = [c for c in results["commands"] if c != command] + [command]
             with open(path, "w") as f:
                 json.dump(results, f, indent=1)
-            print(f"{setting_label(setting)} class {forget_class} seed {seed}: A_Df {record['forget_accuracy']:.1f} "
-                  f"A_Dr {record['retain_accuracy']:.1f} steps {record['steps']} ({record['seconds']:.0f} s)",
-                  flush=True)
+            print(f"{setting_label(setting)} class {forget_class} seed {seed}: "
+                  f"A_Df {record['forget_test_accuracy']:.1f} A_Dr {record['retain_test_accuracy']:.1f} "
+                  f"steps {record['steps']} ({record['seconds']:.0f} s)", flush=True)
 
 
 def oracle_retain_accuracy(oracles: dict, cell, seed: int) -> float | None:
     """The retrain oracle's A_Dr for (cell, seed): that seed's run, else the mean over the cell's retrain seeds."""
     same_seed = oracles.get(("retrain", cell, seed))
     if same_seed is not None:
-        return same_seed["retain_accuracy"]
-    others = [r["retain_accuracy"] for (method, c, _), r in oracles.items() if method == "retrain" and c == cell]
+        return same_seed["retain_test_accuracy"]
+    others = [r["retain_test_accuracy"] for (method, c, _), r in oracles.items() if method == "retrain" and c == cell]
     return float(np.mean(others)) if others else None
 
 
@@ -135,7 +134,7 @@ def gaps_by_setting(records: list[dict], oracles: dict) -> dict[str, dict[int | 
         retrain = oracle_retain_accuracy(oracles, r["forget_class"], r["seed"])
         if retrain is not None:
             cells = table.setdefault(setting_label(r["setting"]), {}).setdefault(r["forget_class"], [])
-            cells.append((r["retain_accuracy"] - retrain, r))
+            cells.append((r["retain_test_accuracy"] - retrain, r))
     return table
 
 
@@ -143,7 +142,7 @@ def gap_cell(cells: list[tuple[float, dict]]) -> str:
     """Mean gap over seeds, with the mean A_Df (test) in brackets where it is above 1%."""
     if not cells:
         return ""
-    a_df = np.mean([r["forget_accuracy"] for _, r in cells])
+    a_df = np.mean([r["forget_test_accuracy"] for _, r in cells])
     seeds = f" /{len(cells)}" if len(cells) > 1 else ""
     return f"{np.mean([g for g, _ in cells]):+.1f}{seeds}" + (f" ({a_df:.0f})" if a_df > 1 else "")
 
@@ -153,7 +152,8 @@ def print_tables(args: StudyArguments, path: str) -> None:
     oracles = oracle(args.results_dir, args.dataset)
     table = gaps_by_setting(results["records"], oracles)
     classes = sorted({c for by_class in table.values() for c in by_class}, key=cell_sort_key)
-    masked = [oracles[("mask_logits", c, 0)]["retain_accuracy"] - oracles[("retrain", c, 0)]["retain_accuracy"]
+    masked = [oracles[("mask_logits", c, 0)]["retain_test_accuracy"]
+              - oracles[("retrain", c, 0)]["retain_test_accuracy"]
               for c in classes if ("mask_logits", c, 0) in oracles and ("retrain", c, 0) in oracles]
     retrain_mia = [r["mia"]["loss_logistic"] for (method, c, _), r in oracles.items() if method == "retrain"
                    and c in classes]
@@ -168,8 +168,8 @@ def print_tables(args: StudyArguments, path: str) -> None:
         cells = [cell for c in classes for cell in by_class.get(c, [])]
         gaps, records = [g for g, _ in cells], [r for _, r in cells]
         mia = [r["mia"]["loss_logistic"] for r in records if r.get("mia")]
-        print(f"| {label} | {len(by_class)} | {np.mean([r['forget_accuracy'] for r in records]):.1f} | "
-              f"{max(r['forget_accuracy'] for r in records):.1f} | {np.mean(gaps):+.2f} | {min(gaps):+.1f} | "
+        print(f"| {label} | {len(by_class)} | {np.mean([r['forget_test_accuracy'] for r in records]):.1f} | "
+              f"{max(r['forget_test_accuracy'] for r in records):.1f} | {np.mean(gaps):+.2f} | {min(gaps):+.1f} | "
               f"{sum(g < -1 for g in gaps)} | {np.mean(mia) if mia else float('nan'):.1f} | "
               f"{np.mean([r['steps'] for r in records]):.0f} | {np.mean([r['seconds'] for r in records]):.0f} |")
     print("\nA_Dr gap to retrain (points) per forget class (mean over seeds, their number after a slash where more "

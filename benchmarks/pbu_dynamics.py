@@ -3,7 +3,7 @@ accuracy (on a sample) and the forget CE, every `--every` steps, to see what eac
 
     python benchmarks/pbu_dynamics.py --dataset fashion_mnist --forget_class 8 --seed 1 [any PBUConfig flag]
 
-The base model is the one `scripts/benchmark.py` trained and cached (run it first). The Fisher is cached under
+The base model is the one `benchmarks/compare_methods.py` trained and cached (run it first). The Fisher is cached under
 `--fisher_cache_dir` (default: the library's cache), so repeated runs on one class only pay it once.
 """
 
@@ -13,14 +13,13 @@ from dataclasses import dataclass, field
 
 import timm
 import torch
+from cells import cell_splits
+from offline_data import DEFAULT_DIR, digits_dataset, fashion_mnist_dataset
 from transformers import HfArgumentParser, TrainerCallback
 
 from hf_pbu import PBUConfig, PBUTrainer
-from hf_pbu.benchmark import cell_splits
-from hf_pbu.data import digits_dataset
-from hf_pbu.demo import eval_transform
-from hf_pbu.fashion_mnist import DEFAULT_DIR, fashion_mnist_dataset
-from hf_pbu.metrics import accuracy
+from hf_pbu.evaluation import accuracy
+from hf_pbu.models import eval_transform
 
 MODEL_DIRS = {"digits": "outputs/digits-resnet18", "fashion_mnist": "outputs/fashion-mnist-resnet18q-2ep"}
 
@@ -40,7 +39,7 @@ class Probe(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every and not control.should_training_stop:
             return
-        forget = self.trainer.forget_accuracy()
+        forget = self.trainer.forget_train_accuracy()
         ce = self.trainer._metrics["forget_ce"][-1]
         retain = accuracy(model, self.retain_sample, 256)
         print(f"| {state.global_step} | {forget:.1f} | {retain:.1f} | {ce:.2f} |", flush=True)

@@ -229,9 +229,9 @@ def row(record: dict) -> str:
         f"| {record['model']} | {record['parameters'] / 1e6:.1f}M | {results.get('fisher_seconds', 0):.1f} | "
         f"{gib(results['fisher_peak_memory_bytes'])} | {gib(results['fisher_memory_budget_bytes'])} | "
         f"{(unlearn - stop) / steps:.2f} | {100 * stop / unlearn:.1f}% | {results.get('steps')} | "
-        f"{record['end_to_end_seconds']:.0f} | {pct('forget_accuracy', 'before')} -> "
-        f"{pct('forget_accuracy', 'after')} | {pct('retain_accuracy', 'before')} -> "
-        f"{pct('retain_accuracy', 'after')} |"
+        f"{record['end_to_end_seconds']:.0f} | {pct('forget_test_accuracy', 'before')} -> "
+        f"{pct('forget_test_accuracy', 'after')} | {pct('retain_test_accuracy', 'before')} -> "
+        f"{pct('retain_test_accuracy', 'after')} |"
     )
 
 

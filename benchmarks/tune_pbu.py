@@ -9,13 +9,15 @@ import tempfile
 from dataclasses import dataclass, field
 
 import timm
+from base_models import train_digits_model
+from offline_data import digits_dataset
 from transformers import HfArgumentParser
 from transformers.utils import logging
 
 from hf_pbu import PBUConfig
-from hf_pbu.data import digits_dataset, unlearning_splits, with_image_transform
-from hf_pbu.demo import eval_transform, train_digits_model
-from hf_pbu.pipeline import unlearn
+from hf_pbu.data import unlearning_splits, with_image_transform
+from hf_pbu.models import eval_transform
+from hf_pbu.unlearning import unlearn
 
 
 @dataclass
@@ -37,10 +39,10 @@ def main() -> None:
         splits = {k: with_image_transform(v, transform) for k, v in unlearning_splits(data, [forget]).items()}
         config = PBUConfig(output_dir=tempfile.mkdtemp(), learning_rate=lr, save_strategy="no", disable_tqdm=True)
         _, r = unlearn(model, config, splits, [forget])
-        before, after = r["before"], r["after"]
-        print(f"| {lr:g} | {forget} | {before['forget_accuracy']:.1f} | {after['forget_accuracy']:.1f} | "
-              f"{before['retain_accuracy']:.2f} | {after['retain_accuracy']:.2f} | "
-              f"{before['retain_accuracy'] - after['retain_accuracy']:.2f} | {r['steps']} |", flush=True)
+        before, after = r.before, r.after
+        print(f"| {lr:g} | {forget} | {before.forget_test_accuracy:.1f} | {after.forget_test_accuracy:.1f} | "
+              f"{before.retain_test_accuracy:.2f} | {after.retain_test_accuracy:.2f} | "
+              f"{before.retain_test_accuracy - after.retain_test_accuracy:.2f} | {r.steps} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,20 @@
 """hf-pbu: class unlearning for Hugging Face image classifiers with Partially Blinded Unlearning."""
 
-from .config import PBUConfig
-from .fisher import compute_fisher_diagonal
-from .trainer import ForgetStopCallback, NonFiniteLossError, PBUTrainer
+__version__ = "0.1.0"  # first: `hf_pbu.publish` reads it while the package imports
 
-__all__ = ["ForgetStopCallback", "NonFiniteLossError", "PBUConfig", "PBUTrainer", "compute_fisher_diagonal"]
-__version__ = "0.1.0"
+from .config import PBUConfig  # noqa: E402
+from .fisher import compute_fisher_diagonal  # noqa: E402
+from .results import Measurement, UnlearningResults  # noqa: E402
+from .trainer import ForgetStopCallback, NonFiniteLossError, PBUTrainer  # noqa: E402
+from .unlearning import unlearn  # noqa: E402
+
+__all__ = [
+    "ForgetStopCallback",
+    "Measurement",
+    "NonFiniteLossError",
+    "PBUConfig",
+    "PBUTrainer",
+    "UnlearningResults",
+    "compute_fisher_diagonal",
+    "unlearn",
+]

@@ -8,9 +8,11 @@ from typing import Literal
 from transformers import TrainingArguments
 from transformers.utils import strtobool
 
+from .fisher import ESTIMATORS
 from .forget_losses import FORGET_LOSSES, build_forget_loss
 
-FisherEstimator = Literal["auto", "exact", "mc", "empirical"]
+FISHER_ESTIMATOR_CHOICES = ("auto", *ESTIMATORS)
+FisherEstimator = Literal[FISHER_ESTIMATOR_CHOICES]
 StopRule = Literal["auto", "forget_accuracy", "plateau"]
 
 
@@ -65,7 +67,7 @@ class PBUConfig(TrainingArguments):
             "`fisher_exact_max_classes` classes, else 'mc'. The exact Fisher of a 1000-class model costs about one "
             "epoch over the whole training set, and on the benchmark models the estimator did not change the "
             "unlearned model (benchmarks/RESULTS.md, 'Fisher estimator for many classes').",
-            "choices": ["auto", "exact", "mc", "empirical"],
+            "choices": list(FISHER_ESTIMATOR_CHOICES),
         },
     )
     fisher_exact_max_classes: int = field(
@@ -94,7 +96,8 @@ class PBUConfig(TrainingArguments):
         default=None,
         metadata={
             "help": "Folder caching Fisher diagonals as safetensors, keyed by a hash of the weights and the forget "
-            "data. Defaults to `$HF_HOME/hf_pbu/fisher`; pass 'none' to disable the cache."
+            "data. Defaults to huggingface_hub's assets cache, `$HF_ASSETS_CACHE/hf_pbu/default/fisher`; pass "
+            "'none' to disable the cache."
         },
     )
     stop_forget_accuracy: float = field(
@@ -122,6 +125,15 @@ class PBUConfig(TrainingArguments):
     )
     stop_plateau_patience: int = field(
         default=3, metadata={"help": "Epochs without progress after which the plateau rule stops the run."}
+    )
+    evidence: bool = field(
+        default=False,
+        metadata={
+            "help": "After unlearning, also run the linear probe on the penultimate features and the relearn attack "
+            "(k = 10 and 50 images per class, 100 steps) on the original and the unlearned model, for the results "
+            "and the card (needs retained training data; hf_pbu.evidence). The per-class chart and the forgotten "
+            "classes' confusion are always made."
+        },
     )
     stop_trigger_accuracy: float = field(
         default=5.0,
@@ -199,10 +211,9 @@ class PBUConfig(TrainingArguments):
     def __post_init__(self):
         refuse_sharded_training(self)
         super().__post_init__()
-        if self.fisher_estimator not in ("auto", "exact", "mc", "empirical"):
-            raise ValueError(
-                f"fisher_estimator={self.fisher_estimator!r} is not one of 'auto', 'exact', 'mc', 'empirical'."
-            )
+        if self.fisher_estimator not in FISHER_ESTIMATOR_CHOICES:
+            choices = ", ".join(map(repr, FISHER_ESTIMATOR_CHOICES))
+            raise ValueError(f"fisher_estimator={self.fisher_estimator!r} is not one of {choices}.")
         if self.fisher_mc_samples < 1:
             raise ValueError("fisher_mc_samples must be at least 1.")
         build_forget_loss(self.forget_loss, self.npo_tau, self.distill_weight)  # raises on an unknown name

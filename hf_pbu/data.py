@@ -21,7 +21,7 @@ from datasets import (
 from PIL import Image as PILImage
 from transformers.utils import logging
 
-from .models import LoadedClassifier, num_classes
+from .models import LoadedClassifier, generic_label_names, num_classes
 
 logger = logging.get_logger(__name__)
 
@@ -29,24 +29,11 @@ LABEL_COLUMN_GUESSES = ("label", "labels", "fine_label", "class", "target")
 EVAL_SPLIT_GUESSES = ("test", "validation")
 
 
-def digits_dataset(test_size: float = 0.2, seed: int = 0) -> DatasetDict:
-    """scikit-learn's 1,797 real 8x8 handwritten digits as a `DatasetDict` (stratified train/test split) with an
-    `image` column (grayscale PIL) and a `label` ClassLabel named digit_0 ... digit_9. Installs offline."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    digits = load_digits()
-    pixels = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)
-    train_idx, test_idx = train_test_split(
-        np.arange(len(pixels)), test_size=test_size, random_state=seed, stratify=digits.target
-    )
-    features = Features({"image": Image(), "label": ClassLabel(names=[f"digit_{d}" for d in range(10)])})
-
-    def split(indices: np.ndarray) -> Dataset:
-        images = [PILImage.fromarray(pixels[i], mode="L") for i in indices]
-        return Dataset.from_dict({"image": images, "label": digits.target[indices].tolist()}, features=features)
-
-    return DatasetDict(train=split(train_idx), test=split(test_idx))
+def seeded_indices(total: int, count: int, seed: int | np.random.Generator, sort: bool = True) -> np.ndarray:
+    """`count` distinct indices among `total`, drawn by `np.random.default_rng(seed)` (or by the generator given,
+    to draw several subsets in turn), sorted unless `sort` is False: every seeded subset of the library."""
+    indices = np.random.default_rng(seed).choice(total, count, replace=False)
+    return np.sort(indices) if sort else indices
 
 
 def with_image_transform(
@@ -130,8 +117,7 @@ def unlearning_splits(
     splits = {"forget_train": forget_train, "forget_test": forget_test, "retain_test": retain_test}
     if retain_train_samples > 0:
         count = min(retain_train_samples, len(retain_train))
-        indices = np.random.default_rng(seed).choice(len(retain_train), count, replace=False)
-        splits["retain_train"] = retain_train.select(np.sort(indices))
+        splits["retain_train"] = retain_train.select(seeded_indices(len(retain_train), count, seed))
     return splits
 
 
@@ -314,10 +300,6 @@ def load_image_dataset(
     return ImageData(splits, image_column, label_column, train_split, eval_holdout_fraction)
 
 
-def _generic(names: Sequence[str]) -> bool:
-    return all(name in (str(i), f"LABEL_{i}") for i, name in enumerate(names))
-
-
 def _relabel(dataset: Dataset, label_column: str, lookup: Sequence[int], names: Sequence[str]) -> Dataset:
     """`dataset` with labels mapped through `lookup` and named `names`; only the label column is rewritten."""
     labels = np.asarray(lookup)[np.asarray(dataset[label_column], dtype=np.int64)]
@@ -337,7 +319,7 @@ def align_labels(data: ImageData, model_names: Sequence[str] | None, model_class
     names = data.names
     if model_names is not None and list(model_names) == names:
         return data
-    if model_names is None or by_id or _generic(names):
+    if model_names is None or by_id or generic_label_names(names):
         if len(names) != model_classes:
             raise ValueError(
                 f"The model has {model_classes} classes but the dataset has {len(names)}: use the dataset the model "
@@ -363,27 +345,26 @@ def align_labels(data: ImageData, model_names: Sequence[str] | None, model_class
     return dataclasses.replace(data, splits=splits)
 
 
-def _image_files(folder: str) -> list[str]:
-    extensions = {ext for ext, fmt in PILImage.registered_extensions().items() if fmt in PILImage.OPEN}
-    return sorted(
-        os.path.join(root, name)
-        for root, _, files in os.walk(folder)
-        for name in files
-        if os.path.splitext(name)[1].lower() in extensions
-    )
-
-
-def forget_folder_dataset(forget_dir: str, forget_classes: Sequence[int], names: Sequence[str]) -> Dataset:
-    """The forget set of the forget-only mode, from a folder of images and nothing else.
+def forget_folder_dataset(
+    forget_dir: str, forget_classes: Sequence[int], names: Sequence[str], cache_dir: str | None = None
+) -> Dataset:
+    """The forget set of the forget-only mode, from a folder of images and nothing else (read by `datasets`'
+    `imagefolder`, every image file of the folder and its sub-folders in one split, in path order).
 
     With one forget class every image in `forget_dir` (sub-folders included) is labelled with it; with several, each
     image must sit in a sub-folder named after its class (name or id).
     """
     if not os.path.isdir(forget_dir):
         raise FileNotFoundError(f"--forget_dir {forget_dir!r} is not a folder.")
-    files = _image_files(forget_dir)
-    if not files:
-        raise ValueError(f"--forget_dir {forget_dir!r} holds no image files: nothing to unlearn from.")
+    try:
+        # data_files="**": every file in one split, where imagefolder would otherwise split by train/test names.
+        folder = load_dataset("imagefolder", data_dir=forget_dir, data_files="**", split="train", drop_labels=True,
+                              drop_metadata=True, cache_dir=cache_dir)
+    except (FileNotFoundError, ValueError) as err:
+        if isinstance(err, ValueError) and "corresponds to no data" not in str(err):
+            raise
+        raise ValueError(f"--forget_dir {forget_dir!r} holds no image files: nothing to unlearn from.") from None
+    files = sorted(image["path"] for image in folder.cast_column("image", Image(decode=False))["image"])
     if len(forget_classes) == 1:
         labels = [forget_classes[0]] * len(files)
     else:
@@ -436,7 +417,7 @@ def load_unlearning_splits(
     if forget_dir is not None:
         names = loaded.label_names or [str(i) for i in range(classes)]
         forget = resolve_forget_classes(forget_class, names)
-        forget_train = forget_folder_dataset(forget_dir, forget, names)
+        forget_train = forget_folder_dataset(forget_dir, forget, names, cache_dir)
         splits = {"forget_train": forget_train, "forget_test": forget_train.select([]),
                   "retain_test": forget_train.select([])}
         image_column, label_column, measured_on = "image", "label", None

@@ -11,7 +11,7 @@ so every estimator is a sum of squared vector-Jacobian products J^T v with per-i
     empirical  v   = e_y - p                                 (the true label)
 The Fisher diagonal is the mean over images of sum_k (J^T v_k)^2: squares of *per-image* gradients, never of a
 batch-summed gradient. Layers of known types get them from one batched backward per direction
-(`per_sample_grads`); any other parameter from per-image vector-Jacobian products (torch.func.vmap).
+(`fisher_layers`); any other parameter from per-image vector-Jacobian products (torch.func.vmap).
 
 Memory: a batch runs in chunks of images sized to a budget (`memory_budget`); a chunk that runs out of memory is
 halved and retried, and only a single image that does not fit is an error. Running sums can be saved per rank while
@@ -28,19 +28,19 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 from accelerate import PartialState
 from accelerate.utils import reduce
-from huggingface_hub import constants as hub_constants
+from huggingface_hub import cached_assets_path
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.func import functional_call, vjp, vmap
 from transformers.utils import logging
 
 from .distributed import is_main_process
-from .models import classifier_logits
-from .modes import eval_mode
-from .per_sample_grads import PENDING_BUDGET_BYTES, batch_coupling_modules, per_image_bytes, squared_gradient_sums
+from .fisher_layers import PENDING_BUDGET_BYTES, batch_coupling_modules, per_image_bytes, squared_gradient_sums
+from .models import classifier_logits, eval_mode
 
 logger = logging.get_logger(__name__)
 
+# The Fisher estimators (`PBUConfig.fisher_estimator` adds "auto", which picks one by the number of classes).
 ESTIMATORS = ("exact", "mc", "empirical")
 # Share of an accelerator's free memory that the Fisher's chunks may take by default: the rest absorbs the allocator's
 # fragmentation and what the estimate of a chunk's peak misses.
@@ -444,7 +444,9 @@ def dataset_fingerprint(dataset) -> str:
 
 
 def default_fisher_cache_dir() -> str:
-    return os.path.join(hub_constants.HF_HOME, "hf_pbu", "fisher")
+    """The Fisher cache's default folder: huggingface_hub's assets cache for this library
+    (`$HF_ASSETS_CACHE/hf_pbu/default/fisher`, by default under `$HF_HOME/assets`), created if missing."""
+    return str(cached_assets_path(library_name="hf_pbu", subfolder="fisher"))
 
 
 def fisher_cache_path(

@@ -16,6 +16,8 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 from transformers.utils import logging
 
+from .data import seeded_indices
+
 logger = logging.get_logger(__name__)
 
 
@@ -39,8 +41,8 @@ def _balanced(members: np.ndarray, non_members: np.ndarray, seed: int) -> tuple[
     """Attack training set with as many members as non-members (a fixed random subset of the larger side)."""
     rng = np.random.default_rng(seed)
     count = min(len(members), len(non_members))
-    members = members[rng.choice(len(members), count, replace=False)]
-    non_members = non_members[rng.choice(len(non_members), count, replace=False)]
+    members = members[seeded_indices(len(members), count, rng, sort=False)]
+    non_members = non_members[seeded_indices(len(non_members), count, rng, sort=False)]
     return np.concatenate([members, non_members]), np.concatenate([np.ones(count), np.zeros(count)])
 
 
@@ -55,7 +57,7 @@ def membership_inference(
     outputs: dict[str, tuple[torch.Tensor, torch.Tensor]], seed: int = 0
 ) -> dict[str, float] | None:
     """Both attacks' member rates (percent) on the forget-training samples, from the model's outputs
-    {split: (logits, labels)} (`hf_pbu.metrics.predictions`) on retain_train (members), retain_test (non-members)
+    {split: (logits, labels)} (`hf_pbu.evaluation.predictions`) on retain_train (members), retain_test (non-members)
     and forget_train; None when either side to fit them on is missing.
 
     entropy_svc: the reference code's attack, an RBF SVC (C=3) on the entropy of the softmax.

@@ -1,7 +1,9 @@
 """The model card of an unlearned model: what was forgotten, how, and how well, with Hub metadata.
 
-The card is rendered from `model_cards/unlearned_model.md` with `huggingface_hub.ModelCard.from_template` and
-always written to `output_dir/README.md`, so a local run documents itself as well as a pushed one.
+The card is rendered from the package's template (`hf_pbu/model_cards/unlearned_model.md`) with
+`huggingface_hub.ModelCard.from_template` from a run's `UnlearningResults`, and always written to
+`output_dir/README.md`, so a local run documents itself as well as a pushed one. `PBUTrainer.create_model_card` is
+the one caller: the command line and `trainer.push_to_hub()` publish the same card.
 """
 
 import os
@@ -12,26 +14,27 @@ import httpx2
 import torch
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
-from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers.utils import logging
 
 from .config import PBUConfig
 from .forget_losses import build_forget_loss
+from .models import _specific_names, hub_model_id_of, resolve_model_id
+from .results import Measurement, UnlearningResults
 
 logger = logging.get_logger(__name__)
 
-TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "model_cards" / "unlearned_model.md"
+TEMPLATE_PATH = Path(__file__).resolve().parent / "model_cards" / "unlearned_model.md"
 CARD_FILE = "README.md"
-TAGS = ["machine-unlearning", "pbu", "image-classification"]
-# Rows of the before/after table: (label, key of the measurement dicts in the results).
+TAGS = ["machine-unlearning", "class-unlearning", "pbu", "image-classification"]
+# Rows of the before/after table: (label, `Measurement` field).
 ACCURACY_ROWS = [
-    ("A_Df: forget-class test accuracy (%)", "forget_accuracy"),
-    ("A_Dr: retained-classes test accuracy (%)", "retain_accuracy"),
+    ("A_Df: forget-class test accuracy (%)", "forget_test_accuracy"),
+    ("A_Dr: retained-classes test accuracy (%)", "retain_test_accuracy"),
     ("Forget-class training accuracy, S_n (%)", "forget_train_accuracy"),
 ]
 METRIC_NAMES = {
-    "forget_accuracy": "Forget accuracy A_Df (forgotten classes, test split, %)",
-    "retain_accuracy": "Retain accuracy A_Dr (retained classes, test split, %)",
+    "forget_test_accuracy": "Forget accuracy A_Df (forgotten classes, test split, %)",
+    "retain_test_accuracy": "Retain accuracy A_Dr (retained classes, test split, %)",
 }
 
 
@@ -40,18 +43,29 @@ def hub_repo_id(output_dir: str, config: PBUConfig) -> str:
     return config.hub_model_id or Path(output_dir).absolute().name
 
 
-def hub_model_id_of(source: str) -> str | None:
-    """`source` as a Hub repo id (no `hf-hub:` prefix, no `@revision`), or None for a local folder."""
-    for prefix in ("hf-hub:", "hf_hub:"):
-        source = source.removeprefix(prefix)
-    if source.startswith("local-dir:") or os.path.exists(source):
-        return None
-    repo_id = source.split("@", 1)[0]
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError:
-        return None
-    return repo_id
+def base_model_of(model: torch.nn.Module, source: str | None = None) -> tuple[str | None, str | None]:
+    """(the base model's Hub repo id, resolved, or None; a display name when it is local). From `source`, the id or
+    folder the model was loaded from, when given; else from the model: timm's pretrained config names its Hub repo
+    (`hf_hub_id`), a transformers config the id it was loaded from (`_name_or_path`)."""
+    if source is None:
+        config = getattr(model, "config", None)
+        source = (getattr(model, "pretrained_cfg", None) or {}).get("hf_hub_id") or getattr(config, "_name_or_path", "")
+        if not source:
+            return None, None
+    repo_id = hub_model_id_of(source)
+    if repo_id is None:
+        return None, Path(source.removeprefix("local-dir:")).name
+    return resolve_model_id(repo_id), None
+
+
+def model_class_names(model: torch.nn.Module) -> list[str] | None:
+    """The class names a timm (`pretrained_cfg["label_names"]`) or transformers (`config.id2label`) model carries;
+    None when it has none or only generic ones (LABEL_0, ...)."""
+    names = (getattr(model, "pretrained_cfg", None) or {}).get("label_names")
+    config = getattr(model, "config", None)
+    if names is None and getattr(config, "id2label", None):
+        names = [config.id2label[i] for i in sorted(config.id2label)]
+    return _specific_names(list(names), len(names)) if names else None
 
 
 def load_base_card(base_model: str) -> ModelCard | None:
@@ -104,54 +118,70 @@ def format_value(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
-def mia_entries(measurement: dict) -> dict[str, float | None]:
-    """The membership-inference numbers of one measurement, as {"attack" or "attack / field": value}."""
-    entries = {}
-    for attack, value in (measurement.get("mia") or {}).items():
-        if isinstance(value, dict):
-            entries.update({f"{attack} / {field}": inner for field, inner in value.items()})
-        else:
-            entries[attack] = value
-    return {name: value for name, value in entries.items() if value is None or isinstance(value, int | float)}
-
-
-def results_table(results: dict) -> tuple[list[dict], bool]:
-    """Rows {label, before, after, retrain} of the before/after table; whether a retrain reference exists."""
-    reference = results.get("retrain")
+def results_table(results: UnlearningResults) -> tuple[list[dict], bool]:
+    """Rows {label, before, after, retrain} of the before/after table (none when the run was not measured); whether
+    a retrain reference exists."""
+    if results.before is None and results.after is None:
+        return [], False
     rows = [(label, key, None) for label, key in ACCURACY_ROWS]
-    mia_names = dict.fromkeys([*mia_entries(results["before"]), *mia_entries(results["after"])])
-    rows += [(f"MIA: forget-train images called members, {name} (%)", None, name) for name in mia_names]
+    attacks = dict.fromkeys([*((results.before and results.before.mia) or {}), *((results.after and results.after.mia)
+                                                                                or {})])
+    rows += [(f"MIA: forget-train images called members, {name} (%)", None, name) for name in attacks]
 
-    def cell(measurement: dict | None, key: str | None, mia_name: str | None) -> str:
+    def cell(measurement: Measurement | None, key: str | None, attack: str | None) -> str:
         if measurement is None:
             return "n/a"
-        return format_value(measurement.get(key) if key else mia_entries(measurement).get(mia_name))
+        return format_value(getattr(measurement, key) if key else (measurement.mia or {}).get(attack))
 
     table = [
         {
             "label": label,
-            "before": cell(results["before"], key, mia_name),
-            "after": cell(results["after"], key, mia_name),
-            "retrain": cell(reference, key, mia_name),
+            "before": cell(results.before, key, attack),
+            "after": cell(results.after, key, attack),
+            "retrain": cell(results.retrain, key, attack),
         }
-        for label, key, mia_name in rows
+        for label, key, attack in rows
     ]
-    return table, reference is not None
+    return table, results.retrain is not None
 
 
-def eval_results(results: dict, dataset_name: str | None, hub_dataset: bool = True) -> list[EvalResult]:
+def evidence_rows(evidence: dict | None) -> list[dict]:
+    """Rows {label, before, after} of the evidence table: the linear probe and the relearn attack, original model
+    against unlearned one, where they were run."""
+    rows = []
+    probe = (evidence or {}).get("linear_probe")
+    if probe:
+        rows.append({"label": "Linear probe on the penultimate features: forgotten vs retained, balanced accuracy "
+                              "(%, chance 50)",
+                     **{when: format_value(probe[when]["balanced_accuracy"]) for when in ("before", "after")}})
+    for k, attack in ((evidence or {}).get("relearn_attack") or {}).items():
+        steps = attack["after"]["steps"]
+        rows.append({"label": f"Relearn attack: A_Df after fine-tuning {steps} steps on {k} images per class (%)",
+                     **{when: format_value(attack[when]["forget_test_accuracy"]) for when in ("before", "after")}})
+    return rows
+
+
+def confusion_text(confusion: dict[str, dict[str, float]]) -> dict[str, str]:
+    """{forgotten class: "shirt 61.0%, pullover 20.0%, ..."}: where its test images are predicted."""
+    return {name: ", ".join(f"{predicted} {share:.1f}%" for predicted, share in shares.items()) or "n/a"
+            for name, shares in confusion.items()}
+
+
+def eval_results(results: UnlearningResults, dataset_name: str | None, hub_dataset: bool = True) -> list[EvalResult]:
     """After-unlearning A_Df, A_Dr (and MIA) as `EvalResult`s, so the Hub lists them in the model-index."""
+    if results.after is None:
+        return []
     dataset = {
         "dataset_type": dataset_name if dataset_name and hub_dataset else "custom",
         "dataset_name": dataset_name or "custom",
-        "dataset_split": results.get("eval_split") or "test",
+        "dataset_split": results.eval_split or "test",
     }
     common = {"task_type": "image-classification", "task_name": "Class unlearning", **dataset}
-    after = results["after"]
+    after = results.after
     entries = [
-        EvalResult(metric_type="accuracy", metric_name=METRIC_NAMES[key], metric_value=after[key], **common)
-        for key in METRIC_NAMES
-        if after.get(key) is not None
+        EvalResult(metric_type="accuracy", metric_name=name, metric_value=getattr(after, key), **common)
+        for key, name in METRIC_NAMES.items()
+        if getattr(after, key) is not None
     ]
     entries += [
         EvalResult(
@@ -160,7 +190,7 @@ def eval_results(results: dict, dataset_name: str | None, hub_dataset: bool = Tr
             metric_value=value,
             **common,
         )
-        for name, value in mia_entries(after).items()
+        for name, value in (after.mia or {}).items()
         if value is not None
     ]
     return entries
@@ -192,9 +222,9 @@ def stop_criterion(config: PBUConfig) -> str:
     )
 
 
-def hyperparameters(config: PBUConfig, results: dict) -> list[tuple[str, str]]:
+def hyperparameters(config: PBUConfig, results: UnlearningResults) -> list[tuple[str, str]]:
     """(name, value) rows of the run's PBU settings."""
-    estimator = results.get("fisher_estimator") or config.fisher_estimator
+    estimator = results.fisher_estimator or config.fisher_estimator
     if estimator == "mc":
         estimator += f" ({config.fisher_mc_samples} sampled label(s) per image)"
     if estimator == "exact" and config.fisher_top_mass is not None:
@@ -217,7 +247,7 @@ def hyperparameters(config: PBUConfig, results: dict) -> list[tuple[str, str]]:
             f"{config.per_device_train_batch_size} x {config.world_size}",
         ),
         ("Epoch budget over S_n", f"{config.num_train_epochs:g}"),
-        ("Optimizer steps run", str(results["steps"])),
+        ("Optimizer steps run", str(results.steps)),
         ("Stop criterion", stop_criterion(config)),
         ("BatchNorm statistics frozen", str(config.freeze_batchnorm)),
         ("Seed", str(config.seed)),
@@ -226,28 +256,34 @@ def hyperparameters(config: PBUConfig, results: dict) -> list[tuple[str, str]]:
 
 def write_model_card(
     output_dir: str,
-    results: dict,
+    results: UnlearningResults,
     config: PBUConfig,
-    base_model: str,
     family: str,
-    label_names: list[str] | None,
-    dataset_name: str | None,
-    base_card: ModelCard | None = None,
+    base_model_id: str | None,
+    base_model_name: str | None = None,
+    label_names: list[str] | None = None,
+    dataset_name: str | None = None,
     hub_dataset: bool = True,
+    base_card: ModelCard | None = None,
+    tags: list[str] | None = None,
 ) -> ModelCard:
-    """The card of an unlearned model, from a run's results (the dict `hf_pbu.pipeline.unlearn` returns), saved as
-    `output_dir/README.md` whether or not it is pushed. `dataset_name` is listed in the `datasets` metadata only
-    when `hub_dataset` (see `card_dataset`)."""
+    """The card of an unlearned model, saved as `output_dir/README.md` whether or not it is pushed.
+
+    `base_model_id`: the Hub repo the model was unlearned from, resolved (e.g. `timm/convnext_large.fb_in22k_ft_in1k`,
+    not `timm/convnext_large`), or None for a local model (`base_model_name` then names it). `dataset_name` is listed
+    in the `datasets` metadata only when `hub_dataset` (see `card_dataset`). `tags` are added to the card's own.
+    """
     if family not in ("timm", "transformers"):
         raise ValueError(f"family must be 'timm' or 'transformers', got {family!r}.")
-    base_card = base_card or load_base_card(base_model)
+    if base_card is None and base_model_id is not None:
+        base_card = load_base_card(base_model_id)
     base_data = base_card.data if base_card is not None else None
-    base_repo_id = hub_model_id_of(base_model)
     repo_id = hub_repo_id(output_dir, config)
     card_data = ModelCardData(
-        base_model=base_repo_id,
+        base_model=base_model_id,
+        base_model_relation="finetune" if base_model_id else None,
         library_name=family,
-        tags=TAGS + (["timm"] if family == "timm" else []),
+        tags=list(dict.fromkeys(TAGS + (["timm"] if family == "timm" else []) + list(tags or []))),
         datasets=[dataset_name] if dataset_name and hub_dataset else None,
         license=getattr(base_data, "license", None),
         license_name=getattr(base_data, "license_name", None),
@@ -260,33 +296,36 @@ def write_model_card(
     names = label_names or []
     forgotten = [
         {"id": c, "name": names[c].replace("|", "\\|") if 0 <= c < len(names) else "(unnamed)"}
-        for c in results["forget_classes"]
+        for c in results.forget_classes
     ]
     card = ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATE_PATH),
         repo_id=repo_id,
         title=repo_id.split("/")[-1],
-        base_model_name=base_repo_id or Path(base_model.removeprefix("local-dir:")).name,
-        base_model_url=f"https://huggingface.co/{base_repo_id}" if base_repo_id else None,
+        base_model_name=base_model_id or base_model_name or "the base model",
+        base_model_url=f"https://huggingface.co/{base_model_id}" if base_model_id else None,
         family=family,
         forgotten=forgotten,
         num_classes=len(label_names) if label_names else None,
         dataset_name=dataset_name,
-        eval_split=results.get("eval_split") or "test",
-        eval_holdout_fraction=results.get("eval_holdout_fraction"),
-        forget_train_samples=results["forget_train_samples"],
+        eval_split=results.eval_split or "test",
+        eval_holdout_fraction=results.eval_holdout_fraction,
+        forget_train_samples=results.forget_train_samples,
         hyperparameters=hyperparameters(config, results),
-        stopped_at_step=results.get("stopped_at_step"),
-        steps=results["steps"],
+        stopped_at_step=results.stopped_at_step,
+        steps=results.steps,
         stop_forget_accuracy=f"{config.stop_forget_accuracy:g}",
         stop_rule=config.resolved_stop_rule,
         forget_loss_note=forget_loss_note(config),
         table=table,
         has_retrain=has_retrain,
+        evidence=results.evidence or {},
+        evidence_rows=evidence_rows(results.evidence),
+        confusion_after=confusion_text((results.evidence or {}).get("forget_confusion", {}).get("after", {})),
         has_mia=any(row["label"].startswith("MIA") for row in table),
-        fisher_seconds=f"{results['fisher_seconds']:.1f}",
-        unlearn_seconds=f"{results['unlearn_seconds']:.1f}",
+        fisher_seconds=f"{results.fisher_seconds:.1f}",
+        unlearn_seconds=f"{results.unlearn_seconds:.1f}",
         hardware=hardware_description(),
     )
     os.makedirs(output_dir, exist_ok=True)

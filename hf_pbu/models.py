@@ -1,14 +1,15 @@
-"""Image classifiers of either family (timm or transformers): one call convention, one loader, one saver.
+"""Image classifiers of either family (timm or transformers): one call convention, one loader, their heads.
 
 `load_classifier` reads the repo's config.json once to tell the family apart (timm's has "architecture" and
 "pretrained_cfg", transformers' has "model_type"), then builds the model and the eval-time transform that the
-model's own pretrained/preprocessor config describes. `save_classifier` writes the unlearned model back in the
+model's own pretrained/preprocessor config describes. `PBUTrainer.save_model` writes the unlearned model back in the
 format it came in, so it reloads with the same call a user already knows.
 """
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -21,9 +22,10 @@ from huggingface_hub.errors import (
     LocalEntryNotFoundError,
     RepositoryNotFoundError,
 )
-from timm.models import save_for_hf
+from huggingface_hub.utils import validate_repo_id
+from timm.models import parse_model_name
+from timm.models._hub import hf_split
 from torch import nn
-from torchvision import transforms
 from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
@@ -46,6 +48,32 @@ def num_classes(model: nn.Module) -> int:
     return int(model.config.num_labels)
 
 
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put every submodule in eval mode (BatchNorm uses running statistics, dropout is off), then restore.
+
+    Each submodule's flag is restored individually: `model.train(was_training)` would also flip submodules that
+    the caller had deliberately frozen in eval mode.
+    """
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def eval_transform(model: nn.Module) -> Callable:
+    """The eval-time transform that a timm model's own pretrained config describes."""
+    return timm.data.create_transform(**timm.data.resolve_model_data_config(model), is_training=False)
+
+
+def generic_label_names(names: Sequence[str]) -> bool:
+    """Whether class names are the generic LABEL_i / i (transformers' and `datasets`' defaults): no meaning."""
+    return all(name in (str(i), f"LABEL_{i}") for i, name in enumerate(names))
+
+
 @dataclass
 class LoadedClassifier:
     """A classifier and what is needed to feed it and to save it back in its own format.
@@ -60,6 +88,34 @@ class LoadedClassifier:
     in_chans: int
     source: str
     image_processor: object | None = None  # transformers only: saved next to the model
+
+
+def parse_model_id(model_id: str) -> tuple[str, str, str | None]:
+    """Where a model id points: ("local-dir", folder, None) for timm's `local-dir:<folder>` or an unprefixed path
+    that exists, else ("hf-hub", repo id, revision or None) for a Hub id, with or without timm's `hf-hub:`
+    (`hf_hub:`) prefix and `@revision` (parsed by timm's own `parse_model_name` and `hf_split`)."""
+    if model_id.startswith(TIMM_PREFIXES):
+        source, location = parse_model_name(model_id)
+    else:
+        source, location = ("local-dir" if os.path.exists(model_id) else "hf-hub"), model_id
+    if source == "local-dir":
+        return source, location, None
+    if location.count("@") > 1:  # not a repo id: left whole, for the Hub's validation to name it
+        return "hf-hub", location, None
+    repo_id, revision = hf_split(location)
+    return "hf-hub", repo_id, revision
+
+
+def hub_model_id_of(source: str) -> str | None:
+    """`source` as a Hub repo id (no `hf-hub:` prefix, no `@revision`), or None for a local folder."""
+    kind, repo_id, _ = parse_model_id(source)
+    if kind == "local-dir":
+        return None
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        return None
+    return repo_id
 
 
 def resolve_model_id(model_id: str) -> str:
@@ -110,14 +166,13 @@ def _specific_names(names: list[str] | None, count: int) -> list[str] | None:
     """Names, unless missing, of the wrong length, or the generic LABEL_i / i that carry no meaning."""
     if not names or len(names) != count:
         return None
-    generic = all(name in (f"LABEL_{i}", str(i)) for i, name in enumerate(names))
-    return None if generic else list(names)
+    return None if generic_label_names(names) else list(names)
 
 
 def _load_timm(model_id: str, config: dict, source: str, cache_dir: str | None) -> LoadedClassifier:
     model = timm.create_model(model_id, pretrained=True, cache_dir=cache_dir)
     data_config = timm.data.resolve_model_data_config(model)
-    transform = timm.data.create_transform(**data_config, is_training=False)
+    transform = eval_transform(model)
     names = config.get("label_names") or config["pretrained_cfg"].get("label_names")
     if isinstance(names, dict):
         names = [names[key] for key in sorted(names, key=int)]
@@ -131,52 +186,20 @@ def _load_timm(model_id: str, config: dict, source: str, cache_dir: str | None) 
     )
 
 
-_PIL_TO_TORCHVISION = {
-    0: transforms.InterpolationMode.NEAREST,
-    1: transforms.InterpolationMode.LANCZOS,
-    2: transforms.InterpolationMode.BILINEAR,
-    3: transforms.InterpolationMode.BICUBIC,
-    4: transforms.InterpolationMode.BOX,
-    5: transforms.InterpolationMode.HAMMING,
-}
+class ProcessorTransform:
+    """The eval-time transform of a transformers model: its image processor itself, on one image at a time."""
+
+    def __init__(self, processor):
+        self.processor = processor
+
+    def __call__(self, image) -> torch.Tensor:
+        return self.processor(images=image, return_tensors="pt")["pixel_values"][0]
 
 
 def processor_transform(processor) -> Callable:
-    """Eval-time torchvision transform equivalent to a transformers image processor's resize/crop/normalise.
-
-    ConvNeXt-style processors (`crop_pct` with a `shortest_edge` below 384) resize to shortest_edge / crop_pct
-    and centre-crop, as the processor itself does.
-    """
-    resample = getattr(processor, "resample", None)
-    interpolation = (
-        resample if isinstance(resample, transforms.InterpolationMode)
-        else _PIL_TO_TORCHVISION.get(
-            int(resample) if resample is not None else 2, transforms.InterpolationMode.BILINEAR
-        )
-    )
-    size, crop_size = getattr(processor, "size", None), getattr(processor, "crop_size", None)
-    steps = []
-    if getattr(processor, "do_resize", True) and size is not None:
-        height, width, edge = _size(size, "height"), _size(size, "width"), _size(size, "shortest_edge")
-        crop_pct = getattr(processor, "crop_pct", None)
-        if height and width:
-            steps.append(transforms.Resize((height, width), interpolation=interpolation))
-        elif edge and crop_pct and edge < 384:
-            steps += [transforms.Resize(int(edge / crop_pct), interpolation=interpolation), transforms.CenterCrop(edge)]
-        elif edge and crop_pct:
-            steps.append(transforms.Resize((edge, edge), interpolation=interpolation))
-        elif edge:
-            steps.append(transforms.Resize(edge, interpolation=interpolation))
-    if getattr(processor, "do_center_crop", False) and crop_size is not None:
-        steps.append(transforms.CenterCrop((_size(crop_size, "height"), _size(crop_size, "width"))))
-    steps.append(transforms.ToTensor())
-    if getattr(processor, "do_normalize", True) and getattr(processor, "image_mean", None) is not None:
-        steps.append(transforms.Normalize(list(processor.image_mean), list(processor.image_std)))
-    return transforms.Compose(steps)
-
-
-def _size(size, key: str) -> int | None:
-    return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+    """A transform (PIL image -> pixel tensor) that runs a transformers image processor, as `with_image_transform`
+    applies it."""
+    return ProcessorTransform(processor)
 
 
 def _load_transformers(model_id: str, config: dict, revision: str | None, cache_dir: str | None) -> LoadedClassifier:
@@ -217,12 +240,8 @@ def load_classifier(model_id: str, revision: str | None = None, cache_dir: str |
     `hf-hub:<repo>` and `local-dir:<folder>` names, and local folders holding a config.json.
     """
     if model_id.startswith(TIMM_PREFIXES):
-        prefix, _, location = model_id.partition(":")
-        if prefix == "local-dir":
-            config = _read_config(location, cache_dir, revision)
-        else:
-            repo, _, rev = location.partition("@")
-            config = _read_config(repo, cache_dir, rev or revision)
+        _, location, rev = parse_model_id(model_id)
+        config = _read_config(location, cache_dir, rev or revision)
         return _load_timm(model_id, config, source=model_id, cache_dir=cache_dir)
     model_id = resolve_model_id(model_id)
     config = _read_config(model_id, cache_dir, revision)
@@ -234,14 +253,24 @@ def load_classifier(model_id: str, revision: str | None = None, cache_dir: str |
     return _load_transformers(model_id, config, revision, cache_dir)
 
 
-def save_classifier(loaded: LoadedClassifier, model: nn.Module, output_dir: str) -> str:
-    """Save `model` (the unlearned weights of `loaded.model`) in its source format; returns how to reload it."""
-    model = getattr(model, "module", model).cpu()
-    if loaded.family == "timm":
-        model_config = {"label_names": list(loaded.label_names)} if loaded.label_names else None
-        save_for_hf(model, output_dir, model_config=model_config, safe_serialization=True)
-        return f"timm.create_model('local-dir:{os.path.abspath(output_dir)}', pretrained=True)"
-    model.save_pretrained(output_dir)
-    if loaded.image_processor is not None:
-        loaded.image_processor.save_pretrained(output_dir)
-    return f"AutoModelForImageClassification.from_pretrained('{os.path.abspath(output_dir)}')"
+def classifier_head(model: nn.Module) -> nn.Module:
+    """The module that turns the pooled features into logits: timm's `get_classifier()`, transformers'
+    `classifier`, else a `head` or `fc` attribute. Its input is what `penultimate_features` returns."""
+    model = getattr(model, "module", model)
+    if callable(getattr(model, "get_classifier", None)):
+        return model.get_classifier()
+    for name in ("classifier", "head", "fc"):
+        module = getattr(model, name, None)
+        if isinstance(module, nn.Module):
+            return module
+    raise ValueError(
+        f"Cannot find the classifier head of {type(model).__name__}: expected a timm model (`get_classifier()`), "
+        "a transformers *ForImageClassification (`classifier`), or a module with a `head` or `fc` attribute."
+    )
+
+
+def head_linear(model: nn.Module) -> nn.Linear | None:
+    """The last `nn.Linear` of the classifier head (transformers' ResNet head is Flatten -> Linear), or None."""
+    head = classifier_head(model)
+    linears = [module for module in head.modules() if isinstance(module, nn.Linear)]
+    return linears[-1] if linears else None

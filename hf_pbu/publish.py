@@ -12,6 +12,7 @@ from huggingface_hub import HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 from transformers.utils import logging
 
+from . import __version__
 from .config import PBUConfig
 from .model_card import hub_repo_id
 
@@ -53,7 +54,9 @@ def _http_reason(err: HfHubHTTPError, repo_id: str) -> str:
     return f"the Hub answered HTTP {status}: {detail}. Check `--hub_model_id` and the token's permissions."
 
 
-def push_unlearned_model(output_dir: str, config: PBUConfig) -> str:
+def push_unlearned_model(
+    output_dir: str, config: PBUConfig, commit_message: str = "Upload model unlearned with PBU (hf_pbu)"
+) -> str:
     """Create (or reuse) `config.hub_model_id` and upload `output_dir` to it; return the repository URL.
 
     Uses `hub_token` (else the logged-in token), `hub_private_repo` and `hub_revision` as `TrainingArguments`
@@ -66,7 +69,7 @@ def push_unlearned_model(output_dir: str, config: PBUConfig) -> str:
     token = config.hub_token or get_token()
     if not token:
         raise _push_error(f"no Hugging Face token found. To push, {TOKEN_FIX}.", output_dir, repo_id)
-    api = HfApi(token=token)
+    api = HfApi(token=token, library_name="hf_pbu", library_version=__version__)
     try:
         repo_url = api.create_repo(repo_id, private=config.hub_private_repo, exist_ok=True)
         if config.hub_revision:
@@ -76,7 +79,7 @@ def push_unlearned_model(output_dir: str, config: PBUConfig) -> str:
             folder_path=output_dir,
             revision=config.hub_revision,
             ignore_patterns=list(IGNORE_PATTERNS),
-            commit_message="Upload model unlearned with PBU (hf_pbu)",
+            commit_message=commit_message,
         )
     except OfflineModeIsEnabled as err:
         raise _push_error("HF_HUB_OFFLINE is set. Unset it to push.", output_dir, repo_id) from err

@@ -10,20 +10,24 @@ from collections import defaultdict
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timm.models import save_for_hf
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from transformers import Trainer, TrainerCallback
+from transformers import PreTrainedModel, Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
 from transformers.utils import logging
 
 from .checkpoints import check_resumable, checkpoint_to_resume, run_signature, write_signature
 from .config import PBUConfig, refuse_sharded_training
 from .distributed import shard
+from .evaluation import accuracy
 from .fisher import default_fisher_cache_dir, load_or_compute_fisher, memory_budget
 from .forget_losses import ForgetBatch, build_forget_loss
-from .metrics import accuracy
+from .model_card import base_model_of, card_dataset, model_class_names, write_model_card
 from .models import classifier_logits, num_classes
 from .penalty import AnchorPenalty
+from .publish import push_unlearned_model
+from .results import UnlearningResults
 
 logger = logging.get_logger(__name__)
 
@@ -117,9 +121,9 @@ class ForgetStopCallback(TrainerCallback):
         if torch.accelerator.is_available():
             torch.accelerator.synchronize()  # the step's queued kernels belong to the step's time, not the check's
         start = time.perf_counter()
-        forget_accuracy = self.trainer.forget_accuracy()
+        forget_accuracy = self.trainer.forget_train_accuracy()
         self.trainer.stop_check_seconds += time.perf_counter() - start
-        self.trainer.forget_accuracy_history.append((state.global_step, forget_accuracy))
+        self.trainer.forget_train_accuracy_history.append((state.global_step, forget_accuracy))
         if self.trainer.stop_rule == "plateau":
             message = (f"The objective has not fallen by {args.stop_plateau_tolerance:g} (relative) for "
                        f"{args.stop_plateau_patience} windows: stopping at step {state.global_step}, forget accuracy "
@@ -176,6 +180,11 @@ class PBUTrainer(Trainer):
     `run_metadata` (e.g. model id, revision, forget classes) joins the run's signature, which a checkpoint must match
     to be resumed. `forget_classes`: the ids of every class being forgotten, which the 'relabel' and 'distill' terms
     exclude from the retained classes; by default the labels present in the forget set (one pass over it).
+
+    Publishing follows TRL's trainers: `save_model` writes the model in its source format (timm's Hub layout, or
+    transformers' `save_pretrained`), `create_model_card` writes the unlearning card and `unlearning_results.json`,
+    and `push_to_hub` does both and uploads the folder once, at the end (no checkpoint is pushed during the run).
+    `base_model_id` (the Hub id the model came from; default: read from the model) and `class_names` feed the card.
     """
 
     def __init__(
@@ -186,6 +195,8 @@ class PBUTrainer(Trainer):
         fisher: dict[str, torch.Tensor] | None = None,
         run_metadata: dict | None = None,
         forget_classes: list[int] | None = None,
+        base_model_id: str | None = None,
+        class_names: list[str] | None = None,
         **kwargs,
     ):
         if not isinstance(args, PBUConfig):
@@ -219,9 +230,12 @@ class PBUTrainer(Trainer):
         self._step_counts = [0.0, 0.0, 0.0]  # (correct, seen, loss * images) of the current optimizer step
         self.stopped_at_step: int | None = None
         self.batch_accuracy: float | None = None  # the stop check's cheap signal: the last step's training batches
-        self.forget_accuracy_history: list[tuple[int, float]] = []  # (step, percent) of whole-forget-set checks
+        self.forget_train_accuracy_history: list[tuple[int, float]] = []  # (step, percent) of whole-forget-set checks
         self.plateau_history: list[float] = []  # the plateau rule's objective, one per epoch
         self.stop_check_seconds = 0.0
+        self.base_model_id = base_model_id
+        self.class_names = class_names
+        self.unlearning_results: UnlearningResults | None = None  # set by `train`
         self.add_callback(ForgetStopCallback(self))
 
     @property
@@ -304,7 +318,7 @@ class PBUTrainer(Trainer):
         self.fisher_memory = {"budget_bytes": budget, "peak_bytes": peak}
         return fisher, seconds
 
-    def forget_accuracy(self) -> float:
+    def forget_train_accuracy(self) -> float:
         """Accuracy (percent) on the whole forget training set, in eval mode and the run's mixed precision, with
         `dataloader_num_workers`: each image counted once whatever the number of processes."""
         args = self.args
@@ -386,7 +400,95 @@ class PBUTrainer(Trainer):
             self.stopped_at_step = None
             output = TrainOutput(self.state.global_step, float("nan"), {"non_finite_loss": 1.0})
         output.metrics.update(fisher_seconds=self.fisher_seconds, stop_check_seconds=self.stop_check_seconds)
+        self.unlearning_results = UnlearningResults(
+            forget_classes=self._forget_class_ids(),
+            forget_train_samples=len(self.train_dataset),
+            forget_loss=self.args.forget_loss,
+            steps=self.state.global_step,
+            stopped_at_step=self.stopped_at_step,
+            fisher_estimator=self.fisher_estimator,
+            fisher_seconds=self.fisher_seconds,
+            fisher_memory_budget_bytes=self.fisher_memory.get("budget_bytes"),
+            fisher_peak_memory_bytes=self.fisher_memory.get("peak_bytes"),
+            unlearn_seconds=output.metrics.get("train_runtime", float("nan")),
+            stop_check_seconds=self.stop_check_seconds,
+        )
         return output
+
+    def _forget_class_ids(self) -> list[int]:
+        if self._forget_classes is not None:
+            return self._forget_classes.tolist()
+        return sorted(set(self._given_forget_classes or self._labels_of_forget_set()))
+
+    # Publishing (TRL's pattern): the model in its source format, the unlearning card, one upload at the end.
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """transformers models (and plain modules) as `Trainer` saves them; timm models in timm's Hub layout
+        (config.json with the pretrained config and class names, model.safetensors), which `timm.create_model`
+        reloads and from which `Trainer` resumes alike (no pickled training_args.bin: the card lists the settings)."""
+        model = self.accelerator.unwrap_model(self.model)
+        if not hasattr(model, "pretrained_cfg"):  # transformers, or a plain nn.Module (its state dict)
+            return super()._save(output_dir, state_dict)
+        output_dir = output_dir or self.args.output_dir
+        if self.args.should_save:
+            names = self.class_names or (getattr(model, "pretrained_cfg", None) or {}).get("label_names")
+            save_for_hf(model, output_dir, model_config={"label_names": list(names)} if names else None,
+                        safe_serialization=True)
+
+    def create_model_card(
+        self,
+        model_name: str | None = None,
+        dataset_name: str | None = None,
+        tags: str | list[str] | None = None,
+        hub_dataset: bool | None = None,
+        **kwargs,
+    ) -> None:
+        """Write the unlearning card (`output_dir/README.md`) and `unlearning_results.json` from this run's
+        `unlearning_results`. `dataset_name`: the data the forget set came from (a Hub dataset id goes into the
+        card's metadata; `hub_dataset` overrides the guess); `tags` are added to the card's. `model_name` and other
+        arguments of `Trainer.create_model_card` are accepted for `push_to_hub` and not used: the card names the
+        model after `hub_model_id` or `output_dir`, as `Trainer` does."""
+        if not self.is_world_process_zero():
+            return
+        if self.unlearning_results is None:
+            raise ValueError("The model card describes an unlearning run: call `train()` before `create_model_card()` "
+                             "or `push_to_hub()`.")
+        model = self.accelerator.unwrap_model(self.model)
+        family = "transformers" if isinstance(model, PreTrainedModel) else "timm"
+        base_model_id, base_model_name = base_model_of(model, self.base_model_id)
+        name, is_hub = card_dataset(dataset_name, None)
+        self.unlearning_results.save(self.args.output_dir)
+        write_model_card(
+            self.args.output_dir, self.unlearning_results, self.args, family, base_model_id, base_model_name,
+            label_names=self.class_names or model_class_names(model), dataset_name=name,
+            hub_dataset=is_hub if hub_dataset is None else hub_dataset,
+            tags=[tags] if isinstance(tags, str) else tags,
+        )
+
+    def push_to_hub(
+        self,
+        commit_message: str | None = "Upload model unlearned with PBU (hf_pbu)",
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        private: bool | None = None,
+        **kwargs,
+    ) -> str | None:
+        """Save the model in its source format, write the card (`kwargs` go to `create_model_card`) and upload
+        `output_dir` to `hub_model_id` (else the folder's name). A failed push raises `HubPushError` naming the fix
+        and leaves the saved folder as it is. Returns the repository URL (None on other processes)."""
+        self.save_model(_internal_call=True)
+        if not self.is_world_process_zero():
+            return None
+        self.create_model_card(**kwargs)
+        hub_args = {"hub_token": token, "hub_revision": revision, "hub_private_repo": private}
+        config = dataclasses.replace(self.args, **{k: v for k, v in hub_args.items() if v is not None})
+        return push_unlearned_model(self.args.output_dir, config, commit_message=commit_message)
+
+    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
+        """No repository up front: `push_to_hub` creates it when the unlearned model is ready."""
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """Checkpoints stay local (they resume an interrupted run); only the finished model is published."""
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Adds the penalty terms at the current weights (so `loss` is the PBU objective: the mean of
@@ -401,8 +503,8 @@ class PBUTrainer(Trainer):
             )
             if self.batch_accuracy is not None:
                 logs["forget_batch_accuracy"] = self.batch_accuracy
-            if self.forget_accuracy_history:
-                logs["forget_accuracy"] = self.forget_accuracy_history[-1][1]
+            if self.forget_train_accuracy_history:
+                logs["forget_train_accuracy"] = self.forget_train_accuracy_history[-1][1]
         if self._metrics and "loss" in logs:
             names = sorted(self._metrics)
             means = torch.tensor([np.mean(self._metrics[name]) for name in names], device=self.args.device)

@@ -12,8 +12,7 @@ from hub_fixtures import (
     save_tiny_transformers,
     write_card,
 )
-
-from hf_pbu.data import digits_dataset
+from offline_data import digits_dataset
 
 TINY_CLASSES = ["digit_0", "digit_1", "digit_2"]
 TINY_REPOS = {"timm": "org/tiny-timm", "transformers": "org/tiny-resnet"}
@@ -73,6 +72,6 @@ def digits_imagefolder(tmp_path_factory) -> str:
 def digits_model(tmp_path_factory) -> str:
     """The demo's digits ResNet-18 (timm layout), trained afresh with the current recipe (~40 s) for this session:
     a copy kept under outputs/ may come from an older recipe."""
-    from hf_pbu.demo import train_digits_model
+    from base_models import train_digits_model
 
     return train_digits_model(str(tmp_path_factory.mktemp("digits-resnet18")))

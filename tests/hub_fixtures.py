@@ -30,10 +30,11 @@ def fit_to_digits(model, transform, classes: int) -> None:
     user's model recognises its classes: a run refuses to unlearn a class its model scores near chance on."""
     import tempfile
 
+    from offline_data import digits_dataset
     from transformers import TrainingArguments
 
     from hf_pbu.classifier_training import ClassifierTrainer
-    from hf_pbu.data import digits_dataset, with_image_transform
+    from hf_pbu.data import with_image_transform
 
     train = digits_dataset()["train"].filter(lambda label: label < classes, input_columns="label")
     with tempfile.TemporaryDirectory() as output_dir:
@@ -50,7 +51,7 @@ def save_tiny_timm(folder: str, names: list[str], seed: int = 0) -> str:
     config.json's model_args)."""
     import torch
 
-    from hf_pbu.demo import eval_transform
+    from hf_pbu.models import eval_transform
 
     torch.manual_seed(seed)
     narrow = {"channels": (8, 16, 16, 16), "stem_width": 8}

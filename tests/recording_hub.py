@@ -34,6 +34,7 @@ class RecordingHub:
         self.fail_on = re.compile(fail_on)
         self.requests: list[tuple[str, str]] = []  # (method, path)
         self.authorizations: list[str | None] = []
+        self.user_agents: list[str | None] = []
         self.created_repos: list[dict] = []
         self.validated_cards: list[str] = []
         self.branches: list[tuple[str, str]] = []  # (repo, branch)
@@ -83,6 +84,7 @@ class RecordingHub:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 hub.requests.append((self.command, self.path))
                 hub.authorizations.append(self.headers.get("Authorization"))
+                hub.user_agents.append(self.headers.get("User-Agent"))
                 failing = hub.fail_on.search(self.path) is not None
                 if hub.drop_connections and failing:
                     self.close_connection = True

@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 import timm
 import torch
+from offline_data import digits_dataset
 from torch.utils.data import Dataset
 from transformers import TrainingArguments
 
@@ -20,9 +21,9 @@ from hf_pbu.baselines.scrub import SCRUBConfig
 from hf_pbu.baselines.ssd import SSDConfig, dampen
 from hf_pbu.baselines.unsir import UNSIRConfig
 from hf_pbu.classifier_training import ClassifierTrainer
-from hf_pbu.data import digits_dataset, split_by_classes, with_image_transform
-from hf_pbu.demo import eval_transform
-from hf_pbu.metrics import accuracy
+from hf_pbu.data import split_by_classes, with_image_transform
+from hf_pbu.evaluation import accuracy
+from hf_pbu.models import eval_transform
 
 FORGET_CLASS = 3
 

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from conftest import TINY_CLASSES
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
+from offline_data import digits_dataset
 from PIL import Image as PILImage
 
 from hf_pbu.data import (
     ImageData,
     align_labels,
-    digits_dataset,
     forget_folder_dataset,
     load_image_dataset,
     load_unlearning_splits,

@@ -1,31 +1,12 @@
 """The diagonal Fisher against brute-force, one image and one class at a time."""
 
 import torch
+from fisher_reference import brute_force_fisher, max_rel_error
 from tiny_models import DictDataset, TinyConvNet, random_images, trained_bn_stats
 from torch.utils.data import DataLoader
 
 from hf_pbu import compute_fisher_diagonal
 from hf_pbu.fisher import load_or_compute_fisher
-
-
-def brute_force_fisher(model, images, labels=None) -> dict[str, torch.Tensor]:
-    """mean_x sum_c p_c (d log p_c / d theta)^2 (or the true label's score squared), one backward per image/class."""
-    model.eval()
-    named = [(n, p) for n, p in model.named_parameters()]
-    total = {n: torch.zeros_like(p) for n, p in named}
-    for i, image in enumerate(images):
-        log_probs = model(image[None]).log_softmax(-1)[0]
-        classes = range(len(log_probs)) if labels is None else [int(labels[i])]
-        for c in classes:
-            grads = torch.autograd.grad(log_probs[c], [p for _, p in named], retain_graph=True)
-            weight = log_probs[c].exp().detach() if labels is None else 1.0
-            for (n, _), g in zip(named, grads):
-                total[n] += weight * g.pow(2)
-    return {n: t / len(images) for n, t in total.items()}
-
-
-def max_rel_error(result, reference) -> float:
-    return max(((result[n].double() - reference[n]).abs().max() / reference[n].abs().max()).item() for n in reference)
 
 
 def setup(num_classes=4, n=10, seed=0):

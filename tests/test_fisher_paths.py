@@ -6,33 +6,15 @@ image and one class at a time, plain autograd, float64."""
 import pytest
 import timm
 import torch
+from fisher_reference import brute_force_fisher, max_rel_error
 from timm.layers import LayerNorm, LayerNorm2d, LayerScale, LayerScale2d
 from torch import nn
 
 from hf_pbu import fisher as fisher_module
-from hf_pbu import per_sample_grads
+from hf_pbu import fisher_layers
 from hf_pbu.fisher import _exact_factor, compute_fisher_diagonal, score_directions
+from hf_pbu.fisher_layers import squared_gradient_sums
 from hf_pbu.models import classifier_logits
-from hf_pbu.per_sample_grads import squared_gradient_sums
-
-
-def brute_force(model, images, classes_of=None) -> dict[str, torch.Tensor]:
-    """mean over images of sum_c p_c (d log p_c / d theta)^2, over `classes_of(probs)` (default: every class)."""
-    model.eval()
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    total = {n: torch.zeros_like(p) for n, p in named}
-    for image in images:
-        log_probs = model(image[None]).log_softmax(-1)[0]
-        probs = log_probs.exp().detach()
-        for c in range(len(probs)) if classes_of is None else classes_of(probs):
-            grads = torch.autograd.grad(log_probs[c], [p for _, p in named], retain_graph=True)
-            for (n, _), g in zip(named, grads):
-                total[n] += probs[c] * g.pow(2)
-    return {n: t / len(images) for n, t in total.items()}
-
-
-def max_rel_error(result, reference) -> float:
-    return max(((result[n].double() - reference[n]).abs().max() / reference[n].abs().max()).item() for n in reference)
 
 
 def fisher(model, images, batch_size=3, **kwargs):
@@ -124,12 +106,12 @@ def images(n=7, size=8, seed=0) -> torch.Tensor:
 @pytest.mark.parametrize("path", ["pairs", "per_image", "cost_model"])
 def test_conv_bn_linear_paths_match_brute_force(monkeypatch, path):
     if path != "cost_model":
-        monkeypatch.setattr(per_sample_grads, "_pairs_are_cheaper", lambda *shape: path == "pairs")
-    monkeypatch.setattr(per_sample_grads, "CHUNK_BUDGET_BYTES", 1)  # one image per chunk: exercises the chunking
+        monkeypatch.setattr(fisher_layers, "_pairs_are_cheaper", lambda *shape: path == "pairs")
+    monkeypatch.setattr(fisher_layers, "CHUNK_BUDGET_BYTES", 1)  # one image per chunk: exercises the chunking
     torch.manual_seed(0)
     model = randomise_norm_layers(ConvNet()).double()
     x = images()
-    reference = brute_force(model, x)
+    reference = brute_force_fisher(model, x)
     assert max_rel_error(fisher(model, x), reference) <= 1e-5
 
 
@@ -143,7 +125,7 @@ def test_every_parameter_of_handled_layers_takes_the_fast_path_in_float64():
     )
     assert rest == [] and set(sums) == set(named)
     assert directions.shape == (len(x), 4, 5)  # C-1 directions
-    reference = brute_force(model, x)
+    reference = brute_force_fisher(model, x)
     assert max_rel_error({n: s / len(x) for n, s in sums.items()}, reference) <= 1e-10
 
 
@@ -156,7 +138,7 @@ def test_sequence_linear_and_norm_layers_match_brute_force():
         model.eval(), named, x, lambda logits: score_directions(logits, None, "exact"), classifier_logits
     )
     assert rest == []
-    assert max_rel_error(fisher(model, x), brute_force(model, x)) <= 1e-5
+    assert max_rel_error(fisher(model, x), brute_force_fisher(model, x)) <= 1e-5
 
 
 def test_unhandled_layers_fall_back_and_match_brute_force():
@@ -169,7 +151,7 @@ def test_unhandled_layers_fall_back_and_match_brute_force():
     )
     assert set(rest) == {"conv.weight", "conv.bias", "prelu.weight", "offset", "mix.weight", "mix.bias",
                          "shared.weight", "shared.bias", "sequence_first.weight", "sequence_first.bias"}
-    assert max_rel_error(fisher(model, x), brute_force(model, x)) <= 1e-5
+    assert max_rel_error(fisher(model, x), brute_force_fisher(model, x)) <= 1e-5
 
 
 def test_frozen_parameters_are_left_out():
@@ -180,7 +162,7 @@ def test_frozen_parameters_are_left_out():
     x = images(4)
     result = fisher(model, x)
     assert "stem.weight" not in result and "bn.bias" not in result
-    assert max_rel_error(result, brute_force(model, x)) <= 1e-5
+    assert max_rel_error(result, brute_force_fisher(model, x)) <= 1e-5
 
 
 def test_batch_statistics_norm_falls_back_to_one_image_at_a_time():
@@ -190,7 +172,7 @@ def test_batch_statistics_norm_falls_back_to_one_image_at_a_time():
     model.bn.running_mean = model.bn.running_var = None  # batch statistics even in eval mode
     model.stem.bias.requires_grad_(False)  # batch statistics cancel it: its Fisher is rounding noise
     x = images(4)
-    assert max_rel_error(fisher(model, x, batch_size=4), brute_force(model, x)) <= 1e-5
+    assert max_rel_error(fisher(model, x, batch_size=4), brute_force_fisher(model, x)) <= 1e-5
 
 
 def test_top_mass_one_equals_exact_and_smaller_mass_keeps_the_top_classes():
@@ -209,7 +191,7 @@ def test_top_mass_one_equals_exact_and_smaller_mass_keeps_the_top_classes():
         return order[before < mass].tolist()
 
     truncated = fisher(model, x, top_mass=mass)
-    assert max_rel_error(truncated, brute_force(model, x, top_classes)) <= 1e-5
+    assert max_rel_error(truncated, brute_force_fisher(model, x, classes_of=top_classes)) <= 1e-5
     assert max_rel_error(truncated, {n: t.double() for n, t in exact.items()}) > 1e-6  # something was left out
     assert all((truncated[n] <= exact[n] * (1 + 1e-6) + 1e-12).all() for n in exact)  # a lower bound
 
@@ -307,7 +289,7 @@ def test_timm_norms_grouped_convs_and_scales_take_the_fast_path_and_match_brute_
     model = randomise(TimmBlocksNet()).double()
     x = images(5, size=9)
     assert fast_path_rest(model, x) == []
-    assert max_rel_error(fisher(model, x), brute_force(model, x)) <= 1e-5
+    assert max_rel_error(fisher(model, x), brute_force_fisher(model, x)) <= 1e-5
 
 
 def test_a_scale_used_twice_is_left_to_the_general_path():
@@ -319,7 +301,7 @@ def test_a_scale_used_twice_is_left_to_the_general_path():
     model = randomise(TwiceScaled()).double()
     x = images(3, size=9)
     assert fast_path_rest(model, x) == ["gamma"]
-    assert max_rel_error(fisher(model, x), brute_force(model, x)) <= 1e-5
+    assert max_rel_error(fisher(model, x), brute_force_fisher(model, x)) <= 1e-5
 
 
 @pytest.mark.parametrize("name,kwargs", [
@@ -333,14 +315,14 @@ def test_timm_models_match_brute_force(name, kwargs):
     x = images(3, size=32)
     rest = fast_path_rest(model, x)
     assert rest == ([] if name.startswith("convnext") else ["cls_token", "pos_embed"])
-    assert max_rel_error(fisher(model, x), brute_force(model, x)) <= 1e-5
+    assert max_rel_error(fisher(model, x), brute_force_fisher(model, x)) <= 1e-5
 
 
 def test_chunks_fit_the_budget_and_out_of_memory_halves_them(monkeypatch):
     torch.manual_seed(0)
     model = randomise_norm_layers(ConvNet()).double()
     x = images(7)
-    reference = brute_force(model, x)
+    reference = brute_force_fisher(model, x)
     seen = []
     original = fisher_module.squared_gradient_sums
 
@@ -371,7 +353,7 @@ def test_top_mass_groups_images_by_their_number_of_directions(monkeypatch):
         model.head.bias.zero_()
     x = images(9) * torch.linspace(0.2, 3, 9, dtype=torch.float64).view(-1, 1, 1, 1)  # 3 or 4 classes cover 0.9
     shapes = []
-    original = per_sample_grads.squared_gradient_sums
+    original = fisher_layers.squared_gradient_sums
 
     def spy(*args):
         sums, rest, directions = original(*args)
@@ -387,7 +369,8 @@ def test_top_mass_groups_images_by_their_number_of_directions(monkeypatch):
         before = probs[order].cumsum(0) - probs[order]
         return order[before < mass].tolist()
 
-    assert max_rel_error(fisher(model, x, batch_size=9, top_mass=mass), brute_force(model, x, top_classes)) <= 1e-5
+    reference = brute_force_fisher(model, x, classes_of=top_classes)
+    assert max_rel_error(fisher(model, x, batch_size=9, top_mass=mass), reference) <= 1e-5
     assert len({k for _, k in shapes}) > 1 and sum(b for b, _ in shapes) == len(x)
 
 

@@ -152,7 +152,7 @@ def test_plateau_rule_ends_bounded_runs_on_several_forget_classes(tmp_path, name
 
     assert trainer.stop_rule == "plateau"
     assert trainer.stopped_at_step == trainer.state.global_step < trainer.state.max_steps
-    assert trainer.forget_accuracy_history[-1][0] == trainer.stopped_at_step
+    assert trainer.forget_train_accuracy_history[-1][0] == trainer.stopped_at_step
     assert len(trainer.plateau_history) > PBUConfig.stop_plateau_patience
     if trainer.forget_loss.needs_forget_classes:
         assert trainer._forget_classes.tolist() == FORGET.tolist()
@@ -166,7 +166,7 @@ def test_accuracy_rule_still_ends_a_bounded_run_when_asked(tmp_path):
     trainer = forget_run(tmp_path, "complement", FORGET[torch.arange(32) % 2], stop_rule="forget_accuracy",
                          learning_rate=5e-2)
 
-    assert trainer.stopped_at_step is not None and trainer.forget_accuracy_history[-1][1] <= 0.5
+    assert trainer.stopped_at_step is not None and trainer.forget_train_accuracy_history[-1][1] <= 0.5
 
 
 def test_given_forget_classes_override_the_labels_and_no_copy_without_need(tmp_path):

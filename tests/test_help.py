@@ -8,13 +8,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = sorted([*ROOT.glob("scripts/*.py"), *ROOT.glob("benchmarks/*.py")])
+# Scripts only: the benchmark's helper modules beside them (offline data, base models, cells) have no command line.
+SCRIPTS = sorted(path for path in [*ROOT.glob("scripts/*.py"), *ROOT.glob("benchmarks/*.py")]
+                 if '__name__ == "__main__"' in path.read_text())
 MARKER = "---flags---"
 
 # Runs the script with `--help` as a user would; argparse's own help action prints the help, and the wrapper then
 # prints the parser's long options after a marker (so no script needs to expose its parser).
 PROBE = f"""
-import argparse, runpy, sys
+import argparse, os, runpy, sys
 print_help = argparse.ArgumentParser.print_help
 def print_help_and_flags(self, file=None):
     print_help(self, file)
@@ -22,6 +24,7 @@ def print_help_and_flags(self, file=None):
     print("\\n".join(o for a in self._actions for o in a.option_strings if o.startswith("--")))
 argparse.ArgumentParser.print_help = print_help_and_flags
 sys.argv = [sys.argv[1], "--help"]
+sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[0])))  # as `python <script>` does: its sibling modules
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
 

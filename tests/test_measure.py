@@ -11,9 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import hf_pbu.pipeline as pipeline
-from hf_pbu import PBUConfig
-from hf_pbu.pipeline import check_model_knows_forget_classes, measure, recognition_threshold
+import hf_pbu.evaluation as evaluation
+import hf_pbu.unlearning as unlearning
+from hf_pbu import Measurement, PBUConfig
+from hf_pbu.evaluation import measure
+from hf_pbu.unlearning import check_model_knows_forget_classes, recognition_threshold
 
 sys.path.insert(0, str(Path(__file__).parent / "scripts"))
 from distributed_measure import fixture
@@ -69,17 +71,17 @@ def test_one_prediction_pass_per_split_serves_accuracy_and_attacks(monkeypatch):
     """A plain model (as baselines pass it) with no accelerator given; each split through the model once, and the
     attack's members cut to as many as its non-members before the model runs."""
     passes = []
-    predictions = pipeline.predictions
+    predictions = evaluation.predictions
 
     def counting(model, dataset, *args, **kwargs):
         passes.append(len(dataset))
         return predictions(model, dataset, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "predictions", counting)
+    monkeypatch.setattr(evaluation, "predictions", counting)
     results = measure(OneHot(), {**_splits(), "retain_train_all": _items([1] * 50)}, batch_size=4)
     assert sorted(passes) == [3, 6, 9, 9]  # forget_test, forget_train, retain_test, retain_train (15 cut to 9)
-    assert results["forget_accuracy"] == results["retain_accuracy"] == results["forget_train_accuracy"] == 100.0
-    assert set(results["mia"]) == {"entropy_svc", "loss_logistic"}
+    assert results.forget_test_accuracy == results.retain_test_accuracy == results.forget_train_accuracy == 100.0
+    assert set(results.mia) == {"entropy_svc", "loss_logistic"}
 
 
 class _FirstMeasurement(Exception):
@@ -91,7 +93,7 @@ def test_model_is_on_the_training_device_before_the_first_measurement(monkeypatc
     the trainer's accelerator: under NCCL a CPU model would hand CPU tensors to the collectives."""
     trainers, seen = [], {}
 
-    class SpyTrainer(pipeline.PBUTrainer):
+    class SpyTrainer(unlearning.PBUTrainer):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             trainers.append(self)
@@ -101,12 +103,12 @@ def test_model_is_on_the_training_device_before_the_first_measurement(monkeypatc
                     devices={p.device for p in model.parameters()})
         raise _FirstMeasurement
 
-    monkeypatch.setattr(pipeline, "PBUTrainer", SpyTrainer)
-    monkeypatch.setattr(pipeline, "measure", spy)
+    monkeypatch.setattr(unlearning, "PBUTrainer", SpyTrainer)
+    monkeypatch.setattr(unlearning, "measure", spy)
     config = PBUConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", fisher_cache_dir="none",
                        max_steps=1, per_device_train_batch_size=2)
     with pytest.raises(_FirstMeasurement):
-        pipeline.unlearn(OneHot(), config, _splits(), [0])
+        unlearning.unlearn(OneHot(), config, _splits(), [0])
     assert len(seen["trainers"]) == 1, "the trainer must exist before the first measurement"
     trainer = seen["trainers"][0]
     assert seen["model"] is trainer.model
@@ -121,8 +123,8 @@ def test_recognition_threshold_is_twice_chance_within_bounds(classes, threshold)
 
 def test_a_class_near_chance_is_refused_and_a_recognised_one_passes():
     with pytest.raises(ValueError, match="does not recognise the forget class.*18.0%.*at most 20.0%"):
-        check_model_knows_forget_classes({"forget_train_accuracy": 18.0}, 10)
-    check_model_knows_forget_classes({"forget_train_accuracy": 21.0}, 10)
+        check_model_knows_forget_classes(Measurement(forget_train_accuracy=18.0), 10)
+    check_model_knows_forget_classes(Measurement(forget_train_accuracy=21.0), 10)
 
 
 @pytest.mark.distributed
@@ -133,6 +135,6 @@ def test_two_process_measurement_equals_one_process(tmp_path):
     model, splits = fixture()
     single = measure(model, splits, batch_size=2)
     distributed = json.loads(out.read_text())
-    for key in ("forget_accuracy", "retain_accuracy", "forget_train_accuracy"):
-        assert distributed[key] == pytest.approx(single[key], abs=1e-9), key
-    assert distributed["mia"] == pytest.approx(single["mia"])
+    for key in ("forget_test_accuracy", "retain_test_accuracy", "forget_train_accuracy"):
+        assert distributed[key] == pytest.approx(getattr(single, key), abs=1e-9), key
+    assert distributed["mia"] == pytest.approx(single.mia)

@@ -2,7 +2,6 @@
 
 import logging
 import math
-import os
 
 import evaluate
 import numpy as np
@@ -11,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hf_pbu.metrics import predictions
+from hf_pbu.evaluation import UNLEARNING_ACCURACY_METRIC, predictions
 from hf_pbu.mia import entropy, loss_features, member_rate, membership_inference
 
 CLASSES = 4
@@ -93,8 +92,7 @@ def test_mia_is_skipped_without_retained_training_data(caplog):
 
 def test_unlearning_accuracy_evaluate_module_loads_by_path_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    module = os.path.join(os.path.dirname(__file__), os.pardir, "metrics", "unlearning_accuracy")
-    metric = evaluate.load(os.path.abspath(module))
+    metric = evaluate.load(UNLEARNING_ACCURACY_METRIC)  # the package's own copy, by path
     result = metric.compute(predictions=[0, 1, 0, 2, 2, 1], references=[0, 1, 1, 2, 1, 0], forget_classes=[1])
     assert result == {"forget_accuracy": pytest.approx(100 / 3), "retain_accuracy": pytest.approx(200 / 3),
                       "forget_samples": 3, "retain_samples": 3}

@@ -8,13 +8,23 @@ import shutil
 from pathlib import Path
 
 import pytest
+import timm
+import torch
 from hub_fixtures import populate_hf_cache
 from huggingface_hub import ModelCard, ModelCardData, constants
 from huggingface_hub.repocard_data import eval_results_to_model_index, model_index_to_eval_results
 from tiny_unlearning_run import shared_unlearning_run
 
-from hf_pbu.model_card import ACCURACY_ROWS, METRIC_NAMES, card_dataset, write_model_card
-from hf_pbu.pipeline import RESULTS_FILE
+from hf_pbu.model_card import (
+    ACCURACY_ROWS,
+    METRIC_NAMES,
+    base_model_of,
+    card_dataset,
+    load_base_card,
+    model_class_names,
+    write_model_card,
+)
+from hf_pbu.results import RESULTS_FILE, Measurement
 
 BASE_CARD = ModelCard("---\nlicense: apache-2.0\nlibrary_name: timm\n---\n# A tiny digits classifier\n")
 
@@ -43,13 +53,7 @@ def table_rows(text: str) -> dict[str, list[str]]:
 def test_card_of_a_real_run_parses_back_with_metadata_and_table_matching_results(run):
     output_dir, results, config, names = run
     card = write_model_card(
-        str(output_dir),
-        results,
-        config,
-        "hf-hub:org/tiny-digits@main",
-        "timm",
-        names,
-        "sklearn-digits",
+        str(output_dir), results, config, "timm", "org/tiny-digits", label_names=names, dataset_name="sklearn-digits",
         base_card=BASE_CARD,
     )
 
@@ -61,18 +65,19 @@ def test_card_of_a_real_run_parses_back_with_metadata_and_table_matching_results
     data = loaded.data
     ModelCardData(**data.to_dict())
     assert data.base_model == "org/tiny-digits"
+    assert data.to_dict()["base_model_relation"] == "finetune"
     assert data.library_name == "timm"
     assert data.license == "apache-2.0"
     assert data.pipeline_tag == "image-classification"
     assert data.datasets == ["sklearn-digits"]
-    assert {"machine-unlearning", "pbu", "image-classification", "timm"} <= set(data.tags)
+    assert {"machine-unlearning", "class-unlearning", "pbu", "image-classification", "timm"} <= set(data.tags)
 
     # model-index: survives the Hub's EvalResult round trip and holds the after-unlearning A_Df and A_Dr.
     model_index = data.to_dict()["model-index"]
     name, evals = model_index_to_eval_results(model_index)
     assert eval_results_to_model_index(name, evals) == model_index
     by_name = {result.metric_name: result for result in evals}
-    for key in ("forget_accuracy", "retain_accuracy"):
+    for key in ("forget_test_accuracy", "retain_test_accuracy"):
         result = by_name[METRIC_NAMES[key]]
         assert result.task_type == "image-classification" and result.metric_type == "accuracy"
         assert result.metric_value == pytest.approx(saved["after"][key])
@@ -105,23 +110,24 @@ def test_card_of_a_real_run_parses_back_with_metadata_and_table_matching_results
 
 def test_missing_measurements_and_names_retrain_reference_mia_and_transformers_family(run, tmp_path):
     output_dir, results, config, _ = run
-    results["after"]["forget_accuracy"] = None  # no test images of the forgotten class
-    results["stopped_at_step"] = None
-    results["after"]["mia"] = {"entropy_svc": 12.5, "loss_logistic": None}
-    results["retrain"] = {"forget_accuracy": 0.0, "retain_accuracy": 91.25, "forget_train_accuracy": 0.0}
+    results.after.forget_test_accuracy = None  # no test images of the forgotten class
+    results.stopped_at_step = None
+    results.after.mia = {"entropy_svc": 12.5, "loss_logistic": None}
+    results.retrain = Measurement(forget_test_accuracy=0.0, retain_test_accuracy=91.25, forget_train_accuracy=0.0)
     base_dir = tmp_path / "local-base"
     base_dir.mkdir()
     (base_dir / "README.md").write_text("---\nlicense: mit\n---\n# Local base\n")
 
-    card = write_model_card(str(output_dir), results, config, str(base_dir), "transformers", None, None)
+    card = write_model_card(str(output_dir), results, config, "transformers", None, "local-base",
+                            base_card=load_base_card(str(base_dir)))
     loaded = ModelCard.load(output_dir / "README.md")
 
     assert loaded.data.license == "mit"  # carried from the local base model's card
     assert loaded.data.base_model is None  # a local folder is not a Hub id
     assert loaded.data.library_name == "transformers" and "timm" not in loaded.data.tags
     evals = {result.metric_name: result.metric_value for result in loaded.data.eval_results}
-    assert METRIC_NAMES["forget_accuracy"] not in evals  # None is not reported as a number
-    assert evals[METRIC_NAMES["retain_accuracy"]] == pytest.approx(results["after"]["retain_accuracy"])
+    assert METRIC_NAMES["forget_test_accuracy"] not in evals  # None is not reported as a number
+    assert evals[METRIC_NAMES["retain_test_accuracy"]] == pytest.approx(results.after.retain_test_accuracy)
     assert [value for name, value in evals.items() if "entropy_svc" in name] == [12.5]
     assert not any("loss_logistic" in name for name in evals)
 
@@ -131,7 +137,8 @@ def test_missing_measurements_and_names_retrain_reference_mia_and_transformers_f
     assert "Retrain from scratch (reference)" in loaded.text
     assert re.search(r"entropy_svc.*\| 12\.50 \|", loaded.text)
     assert "was **not** met" in loaded.text
-    assert f"| {results['forget_classes'][0]} | (unnamed) |" in loaded.text  # the checkpoint named no classes
+    assert "`local-base`" in loaded.text
+    assert f"| {results.forget_classes[0]} | (unnamed) |" in loaded.text  # the checkpoint named no classes
     assert f'AutoModelForImageClassification.from_pretrained("{output_dir.name}")' in loaded.text
     assert str(loaded) == str(card)
 
@@ -146,19 +153,19 @@ def test_license_is_carried_from_the_base_models_card_in_the_hf_cache(run, tmp_p
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
 
-    write_model_card(str(output_dir), results, config, "org/licensed-base", "timm", names, None)
+    write_model_card(str(output_dir), results, config, "timm", "org/licensed-base", label_names=names)
     loaded = ModelCard.load(output_dir / "README.md")
     assert loaded.data.license == "cc-by-nc-4.0"
     assert loaded.data.base_model == "org/licensed-base"
     # Offline with no cached card: written all the same, without a license.
-    write_model_card(str(output_dir), results, config, "org/not-cached", "timm", names, None)
+    write_model_card(str(output_dir), results, config, "timm", "org/not-cached", label_names=names)
     assert ModelCard.load(output_dir / "README.md").data.license is None
 
 
 def test_unknown_family_is_refused(run):
     output_dir, results, config, names = run
     with pytest.raises(ValueError, match="'timm' or 'transformers'"):
-        write_model_card(str(output_dir), results, config, "org/x", "keras", names, None, base_card=BASE_CARD)
+        write_model_card(str(output_dir), results, config, "keras", "org/x", label_names=names, base_card=BASE_CARD)
 
 
 @pytest.mark.parametrize(
@@ -178,10 +185,10 @@ def test_card_of_local_data_held_out_of_train_says_so(run, tmp_path):
     output_dir, results, config, names = run
     saved = tmp_path / "saved_digits"
     saved.mkdir()
-    results.update(eval_split="train", eval_holdout_fraction=0.2)
+    results.eval_split, results.eval_holdout_fraction = "train", 0.2
     dataset_name, hub_dataset = card_dataset(str(saved), None)
-    write_model_card(str(output_dir), results, config, "org/x", "timm", names, dataset_name, base_card=BASE_CARD,
-                     hub_dataset=hub_dataset)
+    write_model_card(str(output_dir), results, config, "timm", "org/x", label_names=names, dataset_name=dataset_name,
+                     base_card=BASE_CARD, hub_dataset=hub_dataset)
     loaded = ModelCard.load(output_dir / "README.md")
     assert loaded.data.datasets is None
     assert "(`saved_digits`)" in loaded.text
@@ -194,9 +201,35 @@ def test_card_names_a_bounded_forget_term_and_how_it_differs_from_the_paper(run)
     output_dir, results, config, _ = run
     for loss, note in (("neg_ce", False), ("relabel+distill", True)):
         bounded = dataclasses.replace(config, forget_loss=loss)
-        write_model_card(str(output_dir), results, bounded, "org/tiny-digits", "timm", None, None, base_card=BASE_CARD)
+        write_model_card(str(output_dir), results, bounded, "timm", "org/tiny-digits", base_card=BASE_CARD)
         text = ModelCard.load(output_dir / "README.md").text
 
         assert f"| Forget term (`forget_loss`) | {loss}: " in text
         assert ("replaced the paper's -CE forget term with `relabel+distill`" in text) == note
         assert ("The objective stopped falling at step" in text) == note
+
+
+def test_the_base_model_is_the_resolved_hub_repo_or_none_for_a_local_one(tmp_path):
+    """The card's `base_model` is the repo the weights came from: `timm/<arch>` resolves to timm's default pretrained
+    tag, timm's prefixes and revisions are dropped, a local folder is named but not linked; with no source, the
+    model's own record (timm's `hf_hub_id`, transformers' `_name_or_path`)."""
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    model = torch.nn.Linear(2, 2)
+    resolved = timm.models.get_pretrained_cfg("resnet18").hf_hub_id
+    assert resolved != "timm/resnet18"
+    assert base_model_of(model, "timm/resnet18") == (resolved, None)
+    assert base_model_of(model, "hf-hub:org/tiny-digits@main") == ("org/tiny-digits", None)
+    assert base_model_of(model, f"local-dir:{tmp_path}") == (None, tmp_path.name)
+    assert base_model_of(model, str(tmp_path)) == (None, tmp_path.name)
+    hub_timm = timm.create_model("test_resnet", pretrained=False, num_classes=3,
+                                 pretrained_cfg_overlay={"hf_hub_id": "org/resnet.tag", "label_names": ("a", "b", "c")})
+    assert base_model_of(hub_timm) == ("org/resnet.tag", None)
+    assert model_class_names(hub_timm) == ["a", "b", "c"]
+    named = ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8], depths=[1], num_labels=2,
+                                                      id2label={0: "cat", 1: "dog"}))
+    named.config._name_or_path = "org/resnet-tiny"
+    assert base_model_of(named) == ("org/resnet-tiny", None)
+    assert model_class_names(named) == ["cat", "dog"]
+    generic = ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8], depths=[1], num_labels=2))
+    assert model_class_names(generic) is None  # LABEL_0, LABEL_1 name nothing

@@ -14,17 +14,18 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from huggingface_hub import ModelCard, constants
 from recording_hub import RecordingHub
-from tiny_unlearning_run import shared_unlearning_run
+from tiny_unlearning_run import shared_base_model_dir, shared_unlearning_run
 
 from hf_pbu import PBUConfig
 from hf_pbu.model_card import write_model_card
-from hf_pbu.pipeline import RESULTS_FILE
 from hf_pbu.publish import HubPushError, push_unlearned_model
+from hf_pbu.results import RESULTS_FILE
 
 REPO_ID = "me/tiny-digits-unlearned"
-PUBLISHED = {"README.md", "config.json", "model.safetensors", RESULTS_FILE}
+PUBLISHED = {"README.md", "config.json", "model.safetensors", RESULTS_FILE, "per_class_accuracy.png"}
 
 
 @pytest.fixture
@@ -35,9 +36,8 @@ def output_dir(tmp_path: Path) -> Path:
     output_dir = tmp_path / "tiny-digits-unlearned"
     shutil.copytree(folder, output_dir)
     base_card = ModelCard("---\nlicense: apache-2.0\n---\n# A tiny digits classifier\n")
-    write_model_card(
-        str(output_dir), results, config, "org/tiny-digits", "timm", names, "sklearn-digits", base_card
-    )
+    write_model_card(str(output_dir), results, config, "timm", "org/tiny-digits", label_names=names,
+                     dataset_name="sklearn-digits", base_card=base_card)
     for working_file in ("checkpoint-5/optimizer.pt", "checkpoints/state.json", "runs/Nov24/events.out"):
         (output_dir / working_file).parent.mkdir(parents=True, exist_ok=True)
         (output_dir / working_file).write_text("not for the Hub")
@@ -194,3 +194,78 @@ def test_the_command_in_the_error_pushes_the_folder_later(output_dir, hub_settin
         env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_TOKEN": "hf_test_token", "HF_HUB_OFFLINE": "0"}
         subprocess.run([str(hf), *shlex.split(command)[1:]], env=env, check=True, capture_output=True)
     assert set(hub.uploaded) == PUBLISHED
+
+
+def _library_run(tmp_path: Path, measured: bool):
+    """A library user's run: the tiny digits model as a Hub timm model (its pretrained config names the resolved
+    repo), unlearned by `PBUTrainer` directly or through `hf_pbu.unlearn` (which measures before and after)."""
+    import timm
+    from tiny_unlearning_run import FORGET_CLASSES
+
+    from hf_pbu import PBUTrainer, unlearn
+
+    _, _, config, names = shared_unlearning_run()
+    model = timm.create_model(f"local-dir:{shared_base_model_dir()}", pretrained=True,
+                              pretrained_cfg_overlay={"hf_hub_id": "org/tiny-digits.v1"})
+    splits = _digits_splits(model)
+    config = hub_config(config, output_dir=str(tmp_path / "library-run"), hub_model_id=REPO_ID,
+                        hub_token="hf_test_token", push_to_hub=True, max_steps=3)
+    if measured:
+        trainer, results = unlearn(model, config, splits, FORGET_CLASSES)
+    else:
+        trainer = PBUTrainer(model=model, args=config, train_dataset=splits["forget_train"])
+        trainer.train()
+    return trainer, names
+
+
+def _digits_splits(model) -> dict:
+    from datasets import DatasetDict
+    from offline_data import digits_dataset
+    from tiny_unlearning_run import FORGET_CLASSES
+
+    from hf_pbu.data import unlearning_splits, with_image_transform
+    from hf_pbu.models import eval_transform
+
+    digits = digits_dataset()
+    data = DatasetDict(train=digits["train"].select(range(300)), test=digits["test"].select(range(100)))
+    transform = eval_transform(model)
+    return {k: with_image_transform(v, transform)
+            for k, v in unlearning_splits(data, FORGET_CLASSES, retain_train_samples=100).items()}
+
+
+@pytest.mark.parametrize("measured", [True, False], ids=["through-unlearn", "trainer-alone"])
+def test_a_library_users_trainer_publishes_the_model_with_the_unlearning_card(tmp_path, hub_settings, measured):
+    """`trainer.push_to_hub()` in a user's own script: the model in timm's layout, our card (resolved base model,
+    tags, model-index when measured) matching the results file, one upload at the end, the library's user agent."""
+    from hf_pbu.results import UnlearningResults
+
+    trainer, names = _library_run(tmp_path, measured)
+    with RecordingHub() as hub:
+        hub_settings(hub.endpoint)
+        url = trainer.push_to_hub(dataset_name="sklearn-digits")
+
+    assert url == f"{hub.endpoint}/{REPO_ID}"
+    assert len(hub.commits) == 1
+    assert {"README.md", "config.json", "model.safetensors", RESULTS_FILE} <= set(hub.uploaded)
+    output_dir = Path(trainer.args.output_dir)
+    card = ModelCard.load(output_dir / "README.md")
+    assert hub.uploaded["README.md"].decode() == str(card)
+    assert card.data.base_model == "org/tiny-digits.v1"
+    assert card.data.to_dict()["base_model_relation"] == "finetune"
+    assert {"machine-unlearning", "class-unlearning", "pbu", "timm"} <= set(card.data.tags)
+    assert card.data.library_name == "timm" and card.data.datasets == ["sklearn-digits"]
+    results = UnlearningResults.load(str(output_dir))
+    assert results.forget_classes == [3] and results.steps == trainer.state.global_step
+    assert f"| 3 | {names[3]} |" in card.text
+    if measured:
+        evals = {e.metric_name: e.metric_value for e in card.data.eval_results}
+        assert evals and all(isinstance(v, float) for v in evals.values())
+        assert pytest.approx(results.after.retain_test_accuracy) in evals.values()
+        assert pytest.approx(results.after.forget_test_accuracy) in evals.values()
+    else:
+        assert card.data.eval_results is None and "This run was not measured" in card.text
+    assert any(agent and "hf_pbu/" in agent for agent in hub.user_agents)
+    import timm
+
+    reloaded = timm.create_model(f"local-dir:{output_dir}", pretrained=True)
+    assert torch.equal(reloaded.state_dict()["fc.weight"], trainer.model.state_dict()["fc.weight"].cpu())

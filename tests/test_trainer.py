@@ -132,12 +132,12 @@ def test_stop_callback_ends_training_with_the_first_weights_that_forget(tmp_path
     trainer = PBUTrainer(model=model, args=args, train_dataset=forget)
     recorder = WeightsAtStepEnd()
     trainer.add_callback(recorder)
-    assert trainer.forget_accuracy() == 100.0
+    assert trainer.forget_train_accuracy() == 100.0
     trainer.train()
     stopped = trainer.stopped_at_step
     assert stopped is not None and stopped < trainer.state.max_steps
-    assert trainer.forget_accuracy() == 0.0
-    assert trainer.forget_accuracy_history[-1] == (stopped, 0.0)
+    assert trainer.forget_train_accuracy() == 0.0
+    assert trainer.forget_train_accuracy_history[-1] == (stopped, 0.0)
     # The weights that passed are those after `stopped` updates: the update of the step that found them is undone.
     assert trainer.state.global_step == stopped + 1
     final = [p.detach() for p in trainer.model.parameters()]
@@ -148,7 +148,7 @@ def test_stop_callback_ends_training_with_the_first_weights_that_forget(tmp_path
         p.data.copy_(w)
     assert (earlier(forget.images).argmax(-1) == forget.labels).any()
     logged = [entry for entry in trainer.state.log_history if "forget_ce" in entry]
-    assert logged and {"fisher_penalty", "l2_penalty", "forget_batch_accuracy", "forget_accuracy", "loss"} <= set(
+    assert logged and {"fisher_penalty", "l2_penalty", "forget_batch_accuracy", "forget_train_accuracy", "loss"} <= set(
         logged[-1]
     )
 
@@ -172,7 +172,7 @@ def test_a_step_whose_batches_pass_is_confirmed_on_the_whole_forget_set_with_bac
     assert trainer.stopped_at_step is None and trainer.state.global_step == 4
     # Checked before the updates of steps 1 and 2 (0 and 1 updates applied); the second failure waits 2 steps, so
     # step 3's batches (0% too) are not checked; step 4's do not trigger.
-    assert trainer.forget_accuracy_history == [(0, 25.0), (1, 25.0)]
+    assert trainer.forget_train_accuracy_history == [(0, 25.0), (1, 25.0)]
     assert trainer.stop_check_seconds > 0 and output.metrics["stop_check_seconds"] == trainer.stop_check_seconds
     assert output.metrics["train_runtime"] > 0
 

@@ -19,7 +19,7 @@ from transformers import AutoModelForImageClassification
 
 from hf_pbu.data import load_image_dataset
 from hf_pbu.models import load_classifier
-from hf_pbu.pipeline import RESULTS_FILE
+from hf_pbu.results import RESULTS_FILE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "unlearn.py")
@@ -102,7 +102,7 @@ def test_forget_only_mode_runs_without_retained_data(offline, tiny_imagefolder, 
         results = json.load(f)
     assert results["forget_train_samples"] == 12
     for when in ("before", "after"):
-        assert results[when]["mia"] is None and results[when]["retain_accuracy"] is None
+        assert results[when]["mia"] is None and results[when]["retain_test_accuracy"] is None
     assert "membership-inference attack are skipped" in caplog.text
 
 
@@ -277,8 +277,8 @@ def test_demo_model_names_its_classes(digits_model):
 @pytest.mark.slow
 def test_digits_acceptance_run(digits_model, digits_imagefolder, tmp_path):
     results = _digits_run([sys.executable], digits_model, digits_imagefolder, tmp_path / "out")
-    assert results["after"]["forget_accuracy"] <= 2.0
-    assert results["after"]["retain_accuracy"] >= results["before"]["retain_accuracy"] - 2.0
+    assert results["after"]["forget_test_accuracy"] <= 2.0
+    assert results["after"]["retain_test_accuracy"] >= results["before"]["retain_test_accuracy"] - 2.0
     assert results["after"]["forget_train_accuracy"] <= results["before"]["forget_train_accuracy"]
 
 
@@ -288,8 +288,8 @@ def test_digits_run_under_accelerate_with_two_processes(digits_model, digits_ima
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     results = _digits_run(launch, digits_model, digits_imagefolder, tmp_path / "out")
-    assert results["after"]["forget_accuracy"] <= 2.0
-    assert results["before"]["forget_accuracy"] >= 90.0  # the same measurement as one process: nothing dropped
+    assert results["after"]["forget_test_accuracy"] <= 2.0
+    assert results["before"]["forget_test_accuracy"] >= 90.0  # the same measurement as one process: nothing dropped
 
 
 def test_invalid_pbu_setting_is_one_line(base_args):

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from transformers import PrinterCallback, TrainingArguments
 
 from ..classifier_training import ClassifierTrainer
+from ..data import seeded_indices
 
 
 def loader(dataset: Dataset, batch_size: int, seed: int, shuffle: bool = True) -> DataLoader:
@@ -26,8 +27,7 @@ def labels_of(dataset: Dataset, batch_size: int = 256) -> np.ndarray:
 def random_subset(dataset: Dataset, fraction: float, seed: int) -> Dataset:
     """A fixed random `fraction` of `dataset` (at least one sample)."""
     count = max(1, round(fraction * len(dataset)))
-    indices = np.random.default_rng(seed).choice(len(dataset), count, replace=False)
-    return Subset(dataset, np.sort(indices).tolist())
+    return Subset(dataset, seeded_indices(len(dataset), count, seed).tolist())
 
 
 def per_class_subset(dataset: Dataset, labels: np.ndarray, per_class: int, seed: int) -> Dataset:
@@ -36,7 +36,7 @@ def per_class_subset(dataset: Dataset, labels: np.ndarray, per_class: int, seed:
     chosen = []
     for label in np.unique(labels):
         indices = np.flatnonzero(labels == label)
-        chosen.extend(rng.choice(indices, min(per_class, len(indices)), replace=False).tolist())
+        chosen.extend(indices[seeded_indices(len(indices), min(per_class, len(indices)), rng)].tolist())
     return Subset(dataset, sorted(chosen))
 
 

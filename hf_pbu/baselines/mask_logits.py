@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..models import head_linear
 from ._common import labels_of
 
 DATA_NEEDED = "forget only"
@@ -26,22 +27,13 @@ class MaskLogitsConfig:
     seed: int = 0
 
 
-def classifier_head(model: nn.Module) -> nn.Linear:
-    """The layer that produces the logits: timm's `get_classifier()`, else the model's last `nn.Linear`."""
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
-    if not isinstance(head, nn.Linear):
-        linears = [module for module in model.modules() if isinstance(module, nn.Linear)]
-        head = linears[-1] if linears else None
-    if head is None or head.bias is None:
-        raise ValueError("mask_logits needs a classifier head that is an nn.Linear with a bias.")
-    return head
-
-
 @torch.no_grad()
 def unlearn(
     model: nn.Module, forget_train: Dataset, retain_train: Dataset | None, config: MaskLogitsConfig
 ) -> nn.Module:
     forget_classes = torch.as_tensor(np.unique(labels_of(forget_train)))
-    head = classifier_head(model)
+    head = head_linear(model)
+    if head is None or head.bias is None:
+        raise ValueError("mask_logits needs a classifier head whose last layer is an nn.Linear with a bias.")
     head.bias[forget_classes.to(head.bias.device)] = config.mask_value
     return model

@@ -1,5 +1,6 @@
-"""PBU itself behind the baselines' interface: `PBUTrainer` on the forget data alone (Panda, Sourav, Chakraborty,
-"Partially Blinded Unlearning: Class Unlearning for Deep Networks a Bayesian Perspective", arXiv 2403.16246)."""
+"""PBU itself behind the baselines' interface: `PBUTrainer` on the forget data alone (Panda, Sourav and Prathosh,
+"Partially Blinded Unlearning: Class Unlearning for Deep Networks a Bayesian Perspective", AAAI 2025,
+arXiv:2403.16246)."""
 
 from torch import nn
 from torch.utils.data import Dataset
@@ -8,7 +9,7 @@ from ..config import PBUConfig
 from ..trainer import PBUTrainer
 
 DATA_NEEDED = "forget only"
-REFERENCE = "Panda et al., arXiv 2403.16246 (PBU)"
+REFERENCE = "Panda, Sourav and Prathosh, AAAI 2025, arXiv:2403.16246 (PBU)"
 
 
 def unlearn(model: nn.Module, forget_train: Dataset, retain_train: Dataset | None, config: PBUConfig) -> nn.Module:

@@ -28,8 +28,7 @@ from torch import nn
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from ..fisher import compute_fisher_diagonal
-from ..models import classifier_logits
-from ..modes import eval_mode
+from ..models import classifier_logits, eval_mode
 from ._common import labels_of, loader
 
 DATA_NEEDED = "forget + retain"

@@ -1,9 +1,10 @@
-"""Run by `accelerate launch --multi_gpu --num_processes N`: `hf_pbu.pipeline.measure` with the launch's
+"""Run by `accelerate launch --multi_gpu --num_processes N`: `hf_pbu.evaluation.measure` with the launch's
 accelerator, on splits of odd sizes (so that the padded last shards hold duplicates that must not count).
 
 Writes the result (main process) as JSON to the path given as argv[1].
 """
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tiny_models import DictDataset, TinyConvNet, random_images, trained_bn_stats
 
-from hf_pbu.pipeline import measure
+from hf_pbu.evaluation import measure
 
 
 def fixture() -> tuple[nn.Module, dict]:
@@ -33,6 +34,6 @@ if __name__ == "__main__":
     model, splits = fixture()
     results = measure(model.to(accelerator.device), splits, batch_size=2, accelerator=accelerator)
     if accelerator.is_main_process:
-        Path(sys.argv[1]).write_text(json.dumps(results))
+        Path(sys.argv[1]).write_text(json.dumps(dataclasses.asdict(results)))
     accelerator.wait_for_everyone()
     accelerator.end_training()

@@ -47,7 +47,7 @@ if __name__ == "__main__":
     stop_run = PBUTrainer(model=model, args=config(output_dir + "-stop", save_strategy="no", stop_forget_accuracy=10),
                           train_dataset=forget)
     stop_run.train()
-    whole_set_accuracy = budget_run.forget_accuracy()  # a collective: every process runs it
+    whole_set_accuracy = budget_run.forget_train_accuracy()  # a collective: every process runs it
     if budget_run.is_world_process_zero():
         Path(out).write_text(json.dumps({
             "world_size": budget_run.args.world_size,
@@ -55,7 +55,7 @@ if __name__ == "__main__":
             "budget_steps": budget_run.state.global_step,
             "whole_set_accuracy": whole_set_accuracy,
             "stopped_at_step": stop_run.stopped_at_step,
-            "confirmations": stop_run.forget_accuracy_history,
+            "confirmations": stop_run.forget_train_accuracy_history,
         }))
     budget_run.accelerator.wait_for_everyone()
     budget_run.accelerator.end_training()  # the process group ends before the processes do

@@ -20,9 +20,9 @@ import torch
 from datasets import DatasetDict
 from torch import nn
 
-from .baselines import METHODS
-from .data import split_by_classes, unlearning_splits, with_image_transform
-from .pipeline import measure
+from hf_pbu.baselines import METHODS
+from hf_pbu.data import split_by_classes, unlearning_splits, with_image_transform
+from hf_pbu.evaluation import measure
 
 SECTION_TITLE = "## Quality: PBU vs baselines (issue 5)"
 
@@ -94,7 +94,7 @@ def run_cell(
     model = method.unlearn(model, forget, retain, config)
     seconds = time.perf_counter() - start
     model.eval()
-    return {**measure(model, splits, eval_batch_size, seed=seed), "seconds": seconds}
+    return {**dataclasses.asdict(measure(model, splits, eval_batch_size, seed=seed)), "seconds": seconds}
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -111,8 +111,8 @@ def summarise(records: list[dict]) -> dict[tuple[str, int], dict]:
         summary[key] = {
             "seeds": sorted(r["seed"] for r in group),
             "data_needed": group[0]["data_needed"],
-            "forget_accuracy": mean_std([r["forget_accuracy"] for r in group]),
-            "retain_accuracy": mean_std([r["retain_accuracy"] for r in group]),
+            "forget_test_accuracy": mean_std([r["forget_test_accuracy"] for r in group]),
+            "retain_test_accuracy": mean_std([r["retain_test_accuracy"] for r in group]),
             "forget_train_accuracy": mean_std([r["forget_train_accuracy"] for r in group]),
             "seconds": mean_std([r["seconds"] for r in group]),
         }
@@ -140,7 +140,7 @@ def markdown_table(results: dict, class_names: list[str]) -> str:
         mia = before.get("mia") or {}
         lines.append(
             f"| original (before) | – | {cell_name(forget_class, class_names)} | "
-            f"{before['forget_accuracy']:.1f} | {before['retain_accuracy']:.1f} | "
+            f"{before['forget_test_accuracy']:.1f} | {before['retain_test_accuracy']:.1f} | "
             f"{mia.get('entropy_svc', float('nan')):.1f} | {mia.get('loss_logistic', float('nan')):.1f} | – | – |"
         )
         for method in METHODS:
@@ -150,7 +150,7 @@ def markdown_table(results: dict, class_names: list[str]) -> str:
                 continue
             lines.append(
                 f"| {method} | {row['data_needed']} | {cell_name(forget_class, class_names)} | "
-                f"{_pm(row['forget_accuracy'])} | {_pm(row['retain_accuracy'])} | "
+                f"{_pm(row['forget_test_accuracy'])} | {_pm(row['retain_test_accuracy'])} | "
                 f"{_pm(row.get('mia_entropy_svc'))} | {_pm(row.get('mia_loss_logistic'))} | "
                 f"{_pm(row['seconds'], 0)} | {','.join(map(str, row['seeds']))} |"
             )
@@ -160,7 +160,8 @@ def markdown_table(results: dict, class_names: list[str]) -> str:
               "| A_Dr gap (points) |",
               "|---|---|---|---|---|---|---|"]
     retrain = {
-        (r["forget_class"], r["seed"]): r["retain_accuracy"] for r in results["records"] if r["method"] == "retrain"
+        (r["forget_class"], r["seed"]): r["retain_test_accuracy"]
+        for r in results["records"] if r["method"] == "retrain"
     }
     pbu_records = sorted(
         (r for r in results["records"] if r["method"] == "pbu"),
@@ -170,11 +171,11 @@ def markdown_table(results: dict, class_names: list[str]) -> str:
         forget_class, seed = record["forget_class"], record["seed"]
         oracle = retrain.get((forget_class, seed))
         if oracle is None and ("retrain", forget_class) in summary:
-            oracle = summary[("retrain", forget_class)]["retain_accuracy"][0]
-        gap = "n/a" if oracle is None else f"{record['retain_accuracy'] - oracle:+.1f}"
+            oracle = summary[("retrain", forget_class)]["retain_test_accuracy"][0]
+        gap = "n/a" if oracle is None else f"{record['retain_test_accuracy'] - oracle:+.1f}"
         lines.append(
             f"| {cell_name(forget_class, class_names)} | {seed} | {record['forget_train_accuracy']:.1f} | "
-            f"{record['forget_accuracy']:.1f} | {record['retain_accuracy']:.1f} | "
+            f"{record['forget_test_accuracy']:.1f} | {record['retain_test_accuracy']:.1f} | "
             f"{'n/a' if oracle is None else f'{oracle:.1f}'} | {gap} |"
         )
     return "\n".join(lines)
@@ -205,8 +206,8 @@ def plot(results: dict, path: str, title: str) -> None:
     for index, method in enumerate(m for m in METHODS if any(key[0] == m for key in summary)):
         rows = [row for key, row in summary.items() if key[0] == method]
         axis.errorbar(
-            [r["forget_accuracy"][0] for r in rows], [r["retain_accuracy"][0] for r in rows],
-            xerr=[r["forget_accuracy"][1] for r in rows], yerr=[r["retain_accuracy"][1] for r in rows],
+            [r["forget_test_accuracy"][0] for r in rows], [r["retain_test_accuracy"][0] for r in rows],
+            xerr=[r["forget_test_accuracy"][1] for r in rows], yerr=[r["retain_test_accuracy"][1] for r in rows],
             fmt=markers[index % len(markers)], label=method, capsize=2, alpha=0.85,
         )
     axis.set_xlabel("A_Df: accuracy on the forgotten class, test (%)  — lower is better")

@@ -1,21 +1,44 @@
-"""Fashion-MNIST (60k train / 10k test, 28x28 grayscale) from Debian's `dataset-fashion-mnist` idx files.
+"""The benchmark's offline datasets, as `DatasetDict`s with an `image` column and a `label` ClassLabel.
 
-Real images that install offline through the system package manager, loaded into the same `DatasetDict` shape as
-`hf_pbu.data.digits_dataset` (an `image` column and a `label` ClassLabel).
+- digits: scikit-learn's 1,797 real 8x8 handwritten digits (installs with scikit-learn);
+- Fashion-MNIST (60k train / 10k test, 28x28 grayscale) from Debian's `dataset-fashion-mnist` idx files: real
+  images that install offline through the system package manager.
 """
 
 import gzip
 import os
 
 import numpy as np
-import timm
-import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
-from timm.models import save_for_hf
+from PIL import Image as PILImage
 
-from .classifier_training import ClassifierTrainer
-from .data import with_image_transform
-from .demo import SMALL_IMAGE_PRETRAINED_CFG, eval_transform, training_recipe
+
+def digits_dataset(test_size: float = 0.2, seed: int = 0) -> DatasetDict:
+    """scikit-learn's 1,797 real 8x8 handwritten digits as a `DatasetDict` (stratified train/test split) with an
+    `image` column (grayscale PIL) and a `label` ClassLabel named digit_0 ... digit_9. Installs offline."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    pixels = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)
+    train_idx, test_idx = train_test_split(
+        np.arange(len(pixels)), test_size=test_size, random_state=seed, stratify=digits.target
+    )
+    features = Features({"image": Image(), "label": ClassLabel(names=[f"digit_{d}" for d in range(10)])})
+
+    def split(indices: np.ndarray) -> Dataset:
+        images = [PILImage.fromarray(pixels[i], mode="L") for i in indices]
+        return Dataset.from_dict({"image": images, "label": digits.target[indices].tolist()}, features=features)
+
+    return DatasetDict(train=split(train_idx), test=split(test_idx))
+
+
+def save_digits_dataset(path: str) -> str:
+    """scikit-learn's digits as a `save_to_disk` folder, the form `scripts/unlearn.py --dataset_name` reads."""
+    if not os.path.exists(os.path.join(path, "dataset_dict.json")):
+        digits_dataset().save_to_disk(path)
+    return path
+
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 CLASS_NAMES = (
@@ -57,29 +80,3 @@ def fashion_mnist_dataset(data_dir: str = DEFAULT_DIR) -> DatasetDict:
         splits[split] = Dataset.from_dict({"image": list(images), "label": labels.tolist()}, features=features)
     return DatasetDict(splits)
 
-
-FASHION_ARCH = "resnet18"
-# A quarter-width ResNet-18 (0.7M parameters): the full width takes ~15 min per epoch of the 60k images on a
-# 2-core CPU, this one under a minute. 28x28 images upsampled to 32x32, as for the digits model.
-FASHION_MODEL_ARGS = {"channels": (16, 32, 64, 128), "stem_width": 16}
-
-
-def train_fashion_mnist_model(
-    save_directory: str, data: DatasetDict, epochs: float = 4, seed: int = 0, label_smoothing: float = 0.1
-) -> str:
-    """Train the benchmark's Fashion-MNIST classifier once (timm Hub layout); reuse it if already there."""
-    if os.path.exists(os.path.join(save_directory, "config.json")):
-        return save_directory
-    torch.manual_seed(seed)
-    model = timm.create_model(
-        FASHION_ARCH,
-        pretrained=False,
-        num_classes=len(CLASS_NAMES),
-        pretrained_cfg_overlay={**SMALL_IMAGE_PRETRAINED_CFG, "label_names": CLASS_NAMES},
-        **FASHION_MODEL_ARGS,
-    )
-    args = training_recipe(os.path.join(save_directory, "checkpoints"), epochs, seed, label_smoothing)
-    train = with_image_transform(data["train"], eval_transform(model))
-    ClassifierTrainer(model=model, args=args, train_dataset=train).train()
-    save_for_hf(model.cpu(), save_directory, model_args=FASHION_MODEL_ARGS, safe_serialization=True)
-    return save_directory

@@ -1,8 +1,8 @@
 """PBU against retrain, fine-tune, UNSIR, Bad Teaching, SSD and SCRUB: methods x forget classes x seeds.
 
-    python scripts/benchmark.py --dataset digits --forget_classes 2 6 8 --seeds 0 1 2 [any PBUConfig flag]
-    python scripts/benchmark.py --dataset fashion_mnist --forget_classes 0 6 9 0+6 --seeds 0
-    python scripts/benchmark.py --dataset digits --base_label_smoothing 0 --results_dir benchmarks/plain_ce
+    python benchmarks/compare_methods.py --dataset digits --forget_classes 2 6 8 --seeds 0 1 2 [any PBUConfig flag]
+    python benchmarks/compare_methods.py --dataset fashion_mnist --forget_classes 0 6 9 0+6 --seeds 0
+    python benchmarks/compare_methods.py --dataset digits --base_label_smoothing 0 --results_dir benchmarks/plain_ce
 
 A cell "0+6" forgets classes 0 and 6 at once. `--base_label_smoothing 0` trains the base model and the retrain
 oracle with plain cross-entropy (most published classifiers) instead of timm's label smoothing 0.1.
@@ -25,12 +25,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import timm
-from transformers import HfArgumentParser
-from transformers.utils import logging
-
-from hf_pbu import PBUConfig
-from hf_pbu.baselines import METHODS
-from hf_pbu.benchmark import (
+from base_models import train_digits_model, train_fashion_mnist_model, training_recipe
+from cells import (
     SECTION_TITLE,
     cell_splits,
     config_key,
@@ -41,19 +37,24 @@ from hf_pbu.benchmark import (
     replace_section,
     run_cell,
 )
-from hf_pbu.data import class_names, digits_dataset
-from hf_pbu.demo import eval_transform, train_digits_model, training_recipe
-from hf_pbu.fashion_mnist import DEFAULT_DIR, fashion_mnist_dataset, train_fashion_mnist_model
-from hf_pbu.pipeline import measure
+from offline_data import DEFAULT_DIR, digits_dataset, fashion_mnist_dataset
+from transformers import HfArgumentParser
+from transformers.utils import logging
+
+from hf_pbu import PBUConfig
+from hf_pbu.baselines import METHODS
+from hf_pbu.data import class_names
+from hf_pbu.evaluation import measure
+from hf_pbu.models import eval_transform
 
 logger = logging.get_logger(__name__)
 
 DATASETS = {
     "digits": "scikit-learn digits (8x8 upsampled to 32x32; 1,437 train / 360 test), timm ResNet-18 "
-    "(11.2M parameters) trained 12 epochs by `hf_pbu.demo.train_digits_model` (label smoothing {smoothing:g})",
+    "(11.2M parameters) trained 12 epochs by `base_models.train_digits_model` (label smoothing {smoothing:g})",
     "fashion_mnist": "Fashion-MNIST (28x28 upsampled to 32x32; 60,000 train / 10,000 test), "
     "quarter-width timm ResNet-18 (channels 16-32-64-128, 0.7M parameters) trained {epochs:g} epochs by "
-    "`hf_pbu.fashion_mnist.train_fashion_mnist_model` (label smoothing {smoothing:g})",
+    "`base_models.train_fashion_mnist_model` (label smoothing {smoothing:g})",
 }
 
 
@@ -234,7 +235,7 @@ def main() -> None:
     transform = eval_transform(base_model)
     results = load_results(json_path)
     meta = {
-        "command": "python scripts/benchmark.py " + shlex.join(sys.argv[1:]),
+        "command": "python benchmarks/compare_methods.py " + shlex.join(sys.argv[1:]),
         "description": DATASETS[args.dataset].format(epochs=epochs, smoothing=args.base_label_smoothing),
         "class_names": names,
         "plot": png_path,
@@ -259,13 +260,13 @@ def main() -> None:
             splits_cache = {forget_class: cell_splits(data, transform, forget_class, args.mia_members)}
         splits = splits_cache[forget_class]
         if str(forget_class) not in results["original"] and str(forget_class) not in meta["original"]:
-            meta["original"][str(forget_class)] = measure(base_model, splits, args.eval_batch_size)
+            meta["original"][str(forget_class)] = dataclasses.asdict(measure(base_model, splits, args.eval_batch_size))
         record = run_cell(method, config, base_model, splits, args.eval_batch_size, seed)
         record.update(method=method, forget_class=forget_class, seed=seed, config_key=key,
                       data_needed=METHODS[method].data_needed, config=config_summary(config))
         new_records.append(record)
-        logger.warning(f"{method} class {forget_class} seed {seed}: A_Df {record['forget_accuracy']:.1f} "
-                       f"A_Dr {record['retain_accuracy']:.1f} ({record['seconds']:.0f} s)")
+        logger.warning(f"{method} class {forget_class} seed {seed}: A_Df {record['forget_test_accuracy']:.1f} "
+                       f"A_Dr {record['retain_test_accuracy']:.1f} ({record['seconds']:.0f} s)")
         merged = save_records(json_path, meta, new_records)
         plot(merged, png_path, f"{args.dataset}: A_Dr vs A_Df (mean ± std over seeds)")
         write_markdown(args.results_dir)

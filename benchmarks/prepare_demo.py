@@ -7,10 +7,10 @@ on them and saved in timm's Hub layout (both kept under outputs/ and reused). St
 
 from dataclasses import dataclass, field
 
+from base_models import train_digits_model
+from offline_data import save_digits_dataset
 from transformers import HfArgumentParser
 from transformers.utils import logging
-
-from hf_pbu.demo import save_digits_dataset, train_digits_model
 
 
 @dataclass

@@ -29,11 +29,14 @@ Examples:
 """
 
 _CITATION = """
-@article{panda2024partially,
-  title={Partially Blinded Unlearning: Class Unlearning for Deep Networks a Bayesian Perspective},
-  author={Panda, Subhodip and Sourav, S and Prathosh, A P},
-  journal={arXiv preprint arXiv:2403.16246},
-  year={2024}
+@inproceedings{panda2025partially,
+  title     = {Partially Blinded Unlearning: Class Unlearning for Deep Networks a Bayesian Perspective},
+  author    = {Panda, Subhodip and Sourav, Shashwat and Prathosh, A. P.},
+  booktitle = {Proceedings of the AAAI Conference on Artificial Intelligence},
+  volume    = {39},
+  number    = {6},
+  year      = {2025},
+  note      = {arXiv:2403.16246}
 }
 """
 

@@ -1,0 +1,106 @@
+"""What an unlearning run measured and did, as one typed object: the printout, the model card, the results file and
+the benchmark all read it, so a figure has one name everywhere.
+
+Accuracies are in percent. "forget" figures are on the forgotten classes, "retain" ones on every other class; "test"
+ones on the evaluation split (A_Df = `forget_test_accuracy`, A_Dr = `retain_test_accuracy`), "train" ones on the
+training images of the forgotten classes, S_n, the only data PBU trains on.
+"""
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+RESULTS_FILE = "unlearning_results.json"
+
+
+@dataclass
+class Measurement:
+    """One model measured on a run's splits; None where a split is empty or absent (e.g. forget-only data)."""
+
+    forget_test_accuracy: float | None = None  # A_Df
+    retain_test_accuracy: float | None = None  # A_Dr
+    forget_train_accuracy: float | None = None
+    # Share (%) of the forget-train images that each membership-inference attack calls members.
+    mia: dict[str, float] | None = None
+
+
+@dataclass
+class UnlearningResults:
+    """A run: what was forgotten, on which data, with what, at what cost, and the measurements before and after
+    (None when the run was not measured, e.g. a `PBUTrainer` used without `hf_pbu.unlearning.unlearn`)."""
+
+    forget_classes: list[int]
+    forget_train_samples: int
+    forget_loss: str
+    steps: int
+    stopped_at_step: int | None = None
+    before: Measurement | None = None
+    after: Measurement | None = None
+    retrain: Measurement | None = None  # a retrain-from-scratch reference, where one was measured
+    eval_split: str | None = None
+    eval_holdout_fraction: float = 0.0
+    fisher_estimator: str | None = None
+    fisher_seconds: float = 0.0
+    fisher_memory_budget_bytes: int | None = None
+    fisher_peak_memory_bytes: int | None = None
+    unlearn_seconds: float = float("nan")
+    stop_check_seconds: float = 0.0
+    evidence: dict[str, Any] | None = field(default=None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "UnlearningResults":
+        measured = {key: Measurement(**data[key]) if data.get(key) is not None else None
+                    for key in ("before", "after", "retrain")}
+        return cls(**{**data, **measured})
+
+    def save(self, output_dir: str) -> str:
+        """Write `output_dir/unlearning_results.json`; returns its path."""
+        os.makedirs(output_dir, exist_ok=True)
+        path = os.path.join(output_dir, RESULTS_FILE)
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=2)
+        return path
+
+    @classmethod
+    def load(cls, path: str) -> "UnlearningResults":
+        """From a results file, or the folder holding one."""
+        if os.path.isdir(path):
+            path = os.path.join(path, RESULTS_FILE)
+        with open(path) as f:
+            return cls.from_dict(json.load(f))
+
+    def format_table(self) -> str:
+        """Before/after table of A_Df, A_Dr, forget-train accuracy and the attacks, the split they were measured on,
+        and the Fisher and unlearning times."""
+
+        def pct(value: float | None) -> str:
+            return "   n/a" if value is None else f"{value:6.2f}"
+
+        before, after = self.before or Measurement(), self.after or Measurement()
+        rows = ["                         before    after"]
+        for label, key in (("A_Df (forget test, %)", "forget_test_accuracy"),
+                           ("A_Dr (retain test, %)", "retain_test_accuracy"),
+                           ("forget train (%)", "forget_train_accuracy")):
+            rows.append(f"{label:25}{pct(getattr(before, key))}   {pct(getattr(after, key))}")
+        for attack in (before.mia or {}):
+            if after.mia and attack in after.mia:
+                rows.append(f"MIA {attack + ' (%)':21}{pct(before.mia[attack])}   {pct(after.mia[attack])}")
+        if self.eval_split and before.retain_test_accuracy is not None:
+            rows.append(f"test sets: the {self.eval_split!r} split"
+                        + (" (part held out)" if self.eval_holdout_fraction else ""))
+        evidence = self.evidence or {}
+        if "linear_probe" in evidence:
+            probe = evidence["linear_probe"]
+            rows.append(f"{'probe: forget vs retain (%)':25}{pct(probe['before']['balanced_accuracy'])}   "
+                        f"{pct(probe['after']['balanced_accuracy'])}")
+        for k, attack in (evidence.get("relearn_attack") or {}).items():
+            rows.append(f"{f'A_Df after relearn, k={k}':25}{pct(attack['before']['forget_test_accuracy'])}   "
+                        f"{pct(attack['after']['forget_test_accuracy'])}")
+        rows.append(f"Fisher: {self.fisher_seconds:.1f} s   unlearning: {self.unlearn_seconds:.1f} s "
+                    f"({self.steps} steps)")
+        return "\n".join(rows)

@@ -1,0 +1,107 @@
+"""Forget one or more classes of an image classifier (timm or transformers) with Partially Blinded Unlearning.
+
+    hf-pbu unlearn --model_id timm/convnext_large --dataset_name ethz/food101 --forget_class 20
+    python scripts/unlearn.py --model_id timm/resnet50.a1_in1k --dataset_name imagenet-1k --forget_class 20 \
+        --output_dir outputs/resnet50-unlearned
+    accelerate launch scripts/unlearn.py --model_id org/vit-cifar10 --dataset_name cifar10 --forget_class cat ...
+    python scripts/unlearn.py --model_id org/name --forget_dir images_of_cats/ --forget_class cat ...  (forget-only)
+    python scripts/unlearn.py config.yaml   (the same arguments in a YAML or JSON file)
+
+Any `PBUConfig` flag (alpha, beta, gamma, learning_rate, ...) is accepted. Writes the unlearned model in its source
+format and unlearning_results.json (A_Df, A_Dr, forget-train accuracy and MIA, before and after) to --output_dir.
+"""
+
+import logging as pylogging
+import os
+import sys
+from dataclasses import asdict
+
+import torch
+from huggingface_hub.errors import HfHubHTTPError
+from transformers import HfArgumentParser
+from transformers.utils import logging
+
+from ..arguments import DataArguments, ModelArguments
+from ..config import PBUConfig
+from ..data import load_unlearning_splits
+from ..model_card import CARD_FILE, card_dataset, card_datasets, load_base_card
+from ..models import load_classifier
+from ..publish import HubPushError
+from ..results import RESULTS_FILE
+from ..unlearning import resume_checkpoint, unlearn
+
+logger = logging.get_logger("hf_pbu.unlearn")
+
+
+def parse(argv: list[str]) -> tuple[ModelArguments, DataArguments, PBUConfig]:
+    parser = HfArgumentParser((ModelArguments, DataArguments, PBUConfig))
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+        return parser.parse_yaml_file(argv[0])
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(argv[0])
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def run(model_args: ModelArguments, data_args: DataArguments, config: PBUConfig) -> None:
+    if config.should_log:
+        logging.set_verbosity_info()
+    log_level = config.get_process_log_level()
+    logging.set_verbosity(log_level)
+    pylogging.basicConfig(format="%(levelname)s - %(name)s - %(message)s", handlers=[pylogging.StreamHandler()])
+    pylogging.getLogger("hf_pbu").setLevel(log_level)
+    loaded = load_classifier(model_args.model_id, model_args.revision, model_args.cache_dir)
+    base_card = load_base_card(loaded.source)
+    if data_args.dataset_name is None and data_args.dataset_dir is None and data_args.forget_dir is None:
+        named = card_datasets(base_card)
+        if not named:
+            raise ValueError(
+                f"{model_args.model_id!r} names no dataset in its model card: pass --dataset_name (a Hub dataset id, "
+                "or 'imagefolder' with --dataset_dir), or --forget_dir with images of the class(es) to forget."
+            )
+        data_args.dataset_name = named[0]
+        logger.info(f"Using the dataset named in the model card: {named[0]}")
+    with config.main_process_first(desc="loading the dataset"):
+        data = load_unlearning_splits(loaded, cache_dir=model_args.cache_dir, seed=config.seed, **asdict(data_args))
+    trainer, results = unlearn(
+        loaded.model, config, data.splits, data.forget_classes, resume_checkpoint(config), data.eval_split,
+        base_model_id=loaded.source, class_names=loaded.label_names or data.names,
+        processing_class=loaded.image_processor,
+    )
+    results.eval_holdout_fraction = data.eval_holdout_fraction
+    trainer.accelerator.end_training()  # the last collective is behind: the process group ends before the processes
+    dataset_name, hub_dataset = card_dataset(data_args.dataset_name, data_args.dataset_dir)
+    card_args = {"dataset_name": dataset_name, "hub_dataset": hub_dataset}
+    if not config.push_to_hub:
+        trainer.save_model()
+        trainer.create_model_card(**card_args)
+    if trainer.is_world_process_zero():
+        print(f"\nForgot {', '.join(data.names[c] for c in data.forget_classes)} of {model_args.model_id} using "
+              f"{results.forget_train_samples} forget images.")
+        print(results.format_table())
+    # Saved, with the card, before anything is sent: a failed push leaves the folder complete.
+    url = trainer.push_to_hub(**card_args) if config.push_to_hub else None
+    if trainer.is_world_process_zero():
+        output_dir = os.path.abspath(config.output_dir)
+        print(f"Unlearned model: {output_dir} (reload it as the base model was loaded, from this folder)")
+        print(f"Results: {os.path.join(output_dir, RESULTS_FILE)}; model card: {os.path.join(output_dir, CARD_FILE)}")
+        if url:
+            print(f"Pushed to {url}")
+
+
+def use_cpu_when_launched_without_accelerator() -> None:
+    """Under `accelerate launch` on a machine with no accelerator, run the processes as one gloo group on CPU:
+    `TrainingArguments` would otherwise start them as unconnected single-process runs unless given `--use_cpu`."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available():
+        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+
+
+def main(argv: list[str] | None = None) -> None:
+    use_cpu_when_launched_without_accelerator()
+    try:
+        run(*parse(sys.argv[1:] if argv is None else argv))
+    except (ValueError, OSError, HfHubHTTPError, HubPushError) as err:  # one clear message, not a traceback
+        raise SystemExit(f"error: {err}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""One unlearning run: measure, unlearn with `PBUTrainer`, measure again, and report."""
+
+import copy
+import dataclasses
+import os
+import time
+from collections.abc import Sequence
+
+from torch import nn
+from torch.utils.data import Dataset
+from transformers.trainer_utils import get_last_checkpoint
+from transformers.utils import logging
+
+from .config import PBUConfig
+from .evaluation import measure
+from .evidence import collect_evidence
+from .model_card import model_class_names
+from .models import num_classes
+from .results import Measurement, UnlearningResults
+from .trainer import PBUTrainer
+
+logger = logging.get_logger(__name__)
+
+# The forget class counts as recognised when the model's accuracy on its training images is above twice chance
+# (capped halfway between chance and 100% for two classes) and above 1%: a model that scores at most that on the
+# class's own training images never learnt it under these labels, and "forgetting" it would only measure noise.
+RECOGNITION_FLOOR = 1.0
+
+
+def recognition_threshold(classes: int) -> float:
+    """Forget-train accuracy (percent) at or below which the model is taken not to know the forget class."""
+    chance = 100.0 / classes
+    return max(RECOGNITION_FLOOR, min(2 * chance, (chance + 100.0) / 2))
+
+
+def check_model_knows_forget_classes(before: Measurement, classes: int) -> None:
+    """Refuse to unlearn a class that the model does not recognise on this data: its accuracy on the class's own
+    training images is near chance, so the labels do not mean what the model's outputs mean (another dataset, or
+    ids matched to the wrong classes) and the run would "forget" it in one step."""
+    threshold = recognition_threshold(classes)
+    if before.forget_train_accuracy <= threshold:
+        raise ValueError(
+            f"The model does not recognise the forget class(es) on this data: its accuracy on their training images "
+            f"is {before.forget_train_accuracy:.1f}% before unlearning (at most {threshold:.1f}%, near chance for "
+            f"{classes} classes). Check that the dataset is the one the model was trained on and that its labels "
+            "match the model's label names (--match_labels_by_id takes the dataset's ids as the model's)."
+        )
+
+
+def unlearn(
+    model: nn.Module,
+    config: PBUConfig,
+    splits: dict[str, Dataset],
+    forget_classes: Sequence[int],
+    resume_from_checkpoint: str | bool | None = None,
+    eval_split: str | None = "test",
+    **trainer_kwargs,
+) -> tuple[PBUTrainer, UnlearningResults]:
+    """Run PBU on `splits["forget_train"]` and return the trainer and the run's results (also kept as
+    `trainer.unlearning_results`, which its model card reads).
+
+    `splits` holds transformed datasets (`pixel_values`, `labels`): forget_train, forget_test, retain_test and
+    optionally retain_train (the attack's members); `eval_split` names the split the test sets come from, for the
+    results. The trainer is built first so that both measurements run on the training device, with its
+    accelerator; the "before" one also checks, before the Fisher is computed, that the model recognises the class
+    it is asked to forget. Then, on the main process, the evidence (`hf_pbu.evidence.collect_evidence`: the
+    per-class chart in `output_dir` and, with `config.evidence`, the probe and the relearn attack). `trainer_kwargs`
+    go to `PBUTrainer` (e.g. `base_model_id`, `class_names`).
+    """
+    trainer = PBUTrainer(model=model, args=config, train_dataset=splits["forget_train"],
+                         forget_classes=list(forget_classes), **trainer_kwargs)
+
+    def measure_now() -> tuple[Measurement, dict]:
+        return measure(trainer.model, splits, config.per_device_eval_batch_size, trainer.accelerator,
+                       config.dataloader_num_workers, config.seed, return_outputs=True)
+
+    before, outputs_before = measure_now()
+    check_model_knows_forget_classes(before, num_classes(trainer.model))
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    original = copy.deepcopy(model) if config.evidence and trainer.is_world_process_zero() else None
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    after, outputs_after = measure_now()
+    results = dataclasses.replace(trainer.unlearning_results, before=before, after=after, eval_split=eval_split)
+    if trainer.is_world_process_zero():
+        start = time.perf_counter()
+        names = trainer.class_names or model_class_names(model) or [str(c) for c in range(num_classes(model))]
+        results.evidence = collect_evidence(original, model, splits, {"before": outputs_before, "after": outputs_after},
+                                            list(forget_classes), names, config.output_dir, config.evidence,
+                                            config.seed)
+        results.evidence["seconds"] = time.perf_counter() - start
+    trainer.unlearning_results = results
+    return trainer, results
+
+
+def resume_checkpoint(config: PBUConfig) -> str | None:
+    """The checkpoint to resume from: `--resume_from_checkpoint`, else the last one in `output_dir`, so that an
+    interrupted run carries on where it stopped (theta* and the Fisher come from the source model, not from it).
+    `PBUTrainer.train` refuses it if another run (model, forget data, objective) wrote it."""
+    if config.resume_from_checkpoint is not None:
+        return config.resume_from_checkpoint
+    last = get_last_checkpoint(config.output_dir) if os.path.isdir(config.output_dir) else None
+    if last is not None:
+        logger.warning(
+            f"Resuming the interrupted run from {last}; to start afresh, use another --output_dir or delete the "
+            "checkpoint-* folders in it."
+        )
+    return last

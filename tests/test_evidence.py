@@ -1,0 +1,282 @@
+"""Evidence beyond output accuracy: the relearn attack, the linear probe, penultimate features, per-class view.
+
+The relearn and probe tests use a small CNN trained for about a second on scikit-learn's digits 0..4 (8x8 images):
+the original model learns digit 3, the oracle never sees it.
+"""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from hf_pbu.evidence import (
+    forget_confusion,
+    head_linear,
+    linear_probe,
+    penultimate_features,
+    per_class_accuracy,
+    plot_per_class_accuracy,
+    relearn_attack,
+    relearn_set,
+)
+from hf_pbu.models import classifier_logits
+
+CLASSES, FORGET = 5, 3
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+class Items(Dataset):
+    """`{"pixel_values", "labels"}` items, the format of the library's transformed datasets."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"pixel_values": self.images[index], "labels": int(self.labels[index])}
+
+
+class SmallCNN(nn.Module):
+    """Conv -> BN -> ReLU -> Conv -> pool -> `head`: a plain module, whose head input the hook captures."""
+
+    def __init__(self, num_classes: int = CLASSES):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )
+        self.head = nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class NoiseFeatures(nn.Module):
+    """A "model" whose penultimate features are noise, whatever the image: a probe on them must read chance."""
+
+    def __init__(self, dim: int = 32):
+        super().__init__()
+        self.head = nn.Linear(dim, CLASSES)
+        self.generator = torch.Generator().manual_seed(0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.randn(len(x), self.head.in_features, generator=self.generator))
+
+
+def fit(dataset: Items, seed: int, epochs: int = 5) -> nn.Module:
+    torch.manual_seed(seed)
+    model = SmallCNN()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        order = torch.randperm(len(dataset), generator=generator)
+        for start in range(0, len(order), 32):
+            batch = order[start:start + 32]
+            loss = nn.functional.cross_entropy(model(dataset.images[batch]), dataset.labels[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread while these tests run: the models are tiny, and on a busy CPU two threads spin-wait on each
+    other (the digits fixture took 90 s instead of 4 s under load)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def digits(one_thread) -> dict:
+    """Splits of digits 0..4 (forget class 3), the original model, the oracle and the masked original."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    images = (torch.tensor(data.images, dtype=torch.float32) / 8.0 - 1.0)[:, None].expand(-1, 3, -1, -1)
+    labels = torch.tensor(data.target)
+    order = np.random.default_rng(0).permutation(len(labels))
+    order = order[(labels[order] < CLASSES).numpy()]
+    cut = int(0.7 * len(order))
+
+    def split(indices: np.ndarray, forget: bool) -> Items:
+        keep = [i for i in indices if (int(labels[i]) == FORGET) == forget]
+        return Items(images[keep].contiguous(), labels[keep])
+
+    splits = {
+        "forget_train": split(order[:cut], True), "retain_train": split(order[:cut], False),
+        "forget_test": split(order[cut:], True), "retain_test": split(order[cut:], False),
+    }
+    train_all = Items(torch.cat([splits["forget_train"].images, splits["retain_train"].images]),
+                      torch.cat([splits["forget_train"].labels, splits["retain_train"].labels]))
+    original = fit(train_all, seed=0)
+    masked = copy.deepcopy(original)
+    with torch.no_grad():
+        masked.head.bias[FORGET] = -1e4
+    return {**splits, "original": original, "masked": masked, "oracle": fit(splits["retain_train"], seed=1)}
+
+
+def test_relearn_set_takes_k_of_every_class_seeded(digits):
+    chosen = relearn_set(digits["forget_train"], digits["retain_train"], k=10, seed=0)
+    labels = [int(chosen[i]["labels"]) for i in range(len(chosen))]
+    assert np.bincount(labels, minlength=CLASSES).tolist() == [10] * CLASSES
+    again = relearn_set(digits["forget_train"], digits["retain_train"], k=10, seed=0)
+    other = relearn_set(digits["forget_train"], digits["retain_train"], k=10, seed=1)
+    first = torch.stack([chosen[i]["pixel_values"] for i in range(len(chosen))])
+    assert torch.equal(first, torch.stack([again[i]["pixel_values"] for i in range(len(again))]))
+    assert not torch.equal(first, torch.stack([other[i]["pixel_values"] for i in range(len(other))]))
+    # A class with fewer than k images gives all of them.
+    few = Items(digits["forget_train"].images[:3], digits["forget_train"].labels[:3])
+    assert len(relearn_set(few, digits["retain_train"], k=10, seed=0)) == 3 + 10 * (CLASSES - 1)
+
+
+def test_relearn_attack_restores_a_class_the_weights_hold_and_not_one_they_never_learnt(digits):
+    relearn = relearn_set(digits["forget_train"], digits["retain_train"], k=10, seed=0)
+    tests = (digits["forget_test"], digits["retain_test"])
+    masked = relearn_attack(digits["masked"], relearn, *tests, seed=0)
+    assert masked["forget_test_accuracy_before"] == 0.0  # the mask hides the class at the output
+    assert masked["forget_test_accuracy"] > 70.0, masked  # ... and the attack brings it back
+    assert masked["retain_test_accuracy"] > 80.0, masked
+    assert masked["k"] == 10 and masked["forget_classes"] == [FORGET]
+    assert digits["masked"].head.bias[FORGET].item() == -1e4  # the model given is not changed
+
+    oracle = relearn_attack(digits["oracle"], relearn, *tests, seed=0)
+    assert oracle["forget_test_accuracy"] < masked["forget_test_accuracy"] - 40.0, (oracle, masked)
+    assert relearn_attack(digits["masked"], relearn, *tests, seed=0) == masked  # deterministic on CPU
+
+
+def test_relearn_attack_without_head_reset_is_blind_to_a_mask(digits):
+    """Why the bias reset is the default: no small budget climbs back from a bias of -1e4."""
+    relearn = relearn_set(digits["forget_train"], digits["retain_train"], k=10, seed=0)
+    result = relearn_attack(digits["masked"], relearn, digits["forget_test"], reset_head="none", seed=0)
+    assert result["forget_test_accuracy"] < 5.0
+    assert "retain_test_accuracy" not in result
+    with pytest.raises(ValueError, match="reset_head"):
+        relearn_attack(digits["masked"], relearn, digits["forget_test"], reset_head="weights")
+
+
+def test_relearn_attack_trains_the_copy(digits):
+    """The fine-tuning itself works: a random-weight model learns the retained classes at a higher rate."""
+    torch.manual_seed(3)
+    random_model = SmallCNN().eval()
+    relearn = relearn_set(digits["forget_train"], digits["retain_train"], k=10, seed=0)
+    result = relearn_attack(random_model, relearn, digits["forget_test"], digits["retain_test"],
+                            learning_rate=3e-3, steps=60, seed=0)
+    assert result["retain_test_accuracy"] > result["retain_test_accuracy_before"] + 20.0, result
+
+
+def test_linear_probe_separates_the_class_on_learnt_features_and_reads_chance_on_noise(digits):
+    train = {name: digits[name] for name in ("forget_train", "retain_train")}
+    test = {name: digits[name] for name in ("forget_test", "retain_test")}
+    learnt = linear_probe(digits["original"], train, test, [FORGET], seed=0)
+    assert learnt["balanced_accuracy"] > 85.0, learnt
+    assert learnt["auc"] > 0.9 and learnt["feature_dim"] == 32
+    noise = linear_probe(NoiseFeatures(), train, test, [FORGET], seed=0)
+    assert abs(noise["balanced_accuracy"] - 50.0) < 15.0, noise
+    assert abs(noise["auc"] - 0.5) < 0.15, noise
+    capped = linear_probe(digits["original"], train, test, [FORGET], seed=0, max_per_side=40)
+    assert capped["n_train"] == {"forget": 40, "retain": 40} and capped["n_test"]["retain"] == 40
+
+
+def _tiny_timm():
+    import timm
+
+    return timm.create_model("test_resnet", num_classes=3, channels=(8, 16, 16, 16), stem_width=8).eval()
+
+
+def _tiny_transformers_resnet():
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=3)
+    return ResNetForImageClassification(config).eval()
+
+
+def _tiny_vit():
+    from transformers import ViTConfig, ViTForImageClassification
+
+    config = ViTConfig(image_size=16, patch_size=8, hidden_size=12, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=16, num_labels=3)
+    return ViTForImageClassification(config).eval()
+
+
+@pytest.mark.parametrize("build", [_tiny_timm, _tiny_transformers_resnet, _tiny_vit])
+def test_penultimate_features_are_what_the_head_reads(build):
+    torch.manual_seed(0)
+    model = build()
+    x = torch.randn(4, 3, 16, 16)
+    features = penultimate_features(model, x)
+    linear = head_linear(model)
+    assert features.shape == (4, linear.in_features)
+    torch.testing.assert_close(linear(features), classifier_logits(model, x), rtol=1e-4, atol=1e-5)
+
+
+def test_penultimate_features_of_vit_are_the_normalised_cls_token():
+    torch.manual_seed(0)
+    model = _tiny_vit()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        cls = model.vit(x).last_hidden_state[:, 0]  # ViTModel applies the final layernorm
+    torch.testing.assert_close(penultimate_features(model, x), cls)
+
+
+def test_penultimate_features_keep_the_training_mode():
+    model = _tiny_timm().train()
+    penultimate_features(model, torch.randn(2, 3, 16, 16))
+    assert model.training
+
+
+def test_per_class_accuracy_and_forget_confusion_by_hand():
+    # Predictions (argmax) per image: labels 0 0 1 1 1 2 2 2 2, class 3 has no image.
+    predicted = [0, 1, 1, 1, 0, 0, 1, 1, 3]
+    labels = torch.tensor([0, 0, 1, 1, 1, 2, 2, 2, 2])
+    logits = nn.functional.one_hot(torch.tensor(predicted), 4).float()
+    accuracies = per_class_accuracy(logits, labels, 4)
+    assert accuracies[:3] == pytest.approx([50.0, 100 * 2 / 3, 0.0]) and accuracies[3] is None
+    names = ["zero", "one", "two", "three"]
+    confusion = forget_confusion(logits, labels, [2], names)
+    assert confusion == {"two": pytest.approx({"one": 50.0, "zero": 25.0, "three": 25.0})}
+    assert list(confusion["two"]) == ["one", "zero", "three"]  # largest share first, ties by class index
+    assert forget_confusion(logits, labels, [2], names, top=1) == {"two": {"one": 50.0}}
+    assert forget_confusion(logits, labels, [3], names) == {"three": {}}
+
+
+def test_plot_per_class_accuracy_writes_a_png(tmp_path):
+    names = [f"digit_{i}" for i in range(5)]
+    path = plot_per_class_accuracy([90.0, 80.0, 95.0, 85.0, None], [91.0, 79.0, 94.0, 0.0, None], names, [3],
+                                   str(tmp_path / "per_class.png"))
+    with open(path, "rb") as f:
+        assert f.read(8) == PNG_MAGIC
+    many = [f"class_{i}" for i in range(100)]
+    rng = np.random.default_rng(0)
+    before, after = rng.uniform(50, 100, 100).tolist(), rng.uniform(50, 100, 100).tolist()
+    path = plot_per_class_accuracy(before, after, many, [7, 42], str(tmp_path / "many.png"))
+    with open(path, "rb") as f:
+        assert f.read(8) == PNG_MAGIC
+
+
+def test_plot_per_class_accuracy_names_the_missing_package(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    with pytest.raises(ImportError, match="pip install matplotlib"):
+        plot_per_class_accuracy([1.0], [1.0], ["a"], [0], str(tmp_path / "x.png"))
+
+
+def test_head_reset_gives_the_forget_class_an_average_bias_or_row(digits):
+    from hf_pbu.evidence import _reset_forget_head
+
+    model = copy.deepcopy(digits["masked"])
+    others = [c for c in range(CLASSES) if c != FORGET]
+    value = _reset_forget_head(model, [FORGET], "bias")
+    assert value == pytest.approx(digits["masked"].head.bias[others].mean().item())
+    assert model.head.bias[FORGET].item() == pytest.approx(value)
+    torch.testing.assert_close(model.head.weight, digits["masked"].head.weight)  # the row is kept
+    _reset_forget_head(model, [FORGET], "row")
+    torch.testing.assert_close(model.head.weight[FORGET], model.head.weight[others].mean(0))
