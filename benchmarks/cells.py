@@ -23,6 +23,7 @@ from torch import nn
 from hf_pbu.baselines import METHODS
 from hf_pbu.data import split_by_classes, unlearning_splits, with_image_transform
 from hf_pbu.evaluation import measure
+from hf_pbu.evidence import attack_evidence
 
 SECTION_TITLE = "## Quality: PBU vs baselines (issue 5)"
 
@@ -81,10 +82,27 @@ def config_key(summary: dict) -> str:
     return hashlib.sha256(json.dumps(summary, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def evidence_columns(model: nn.Module, splits: dict, forget_classes: list[int], seed: int) -> dict:
+    """The evidence columns of a cell (`hf_pbu.evidence.attack_evidence` on the cell's forget classes): the linear
+    probe's balanced accuracy and AUC, and A_Df after the relearn attack (and right after its head reset), per k;
+    with the seconds they took."""
+    start = time.perf_counter()
+    found = attack_evidence(model, splits, forget_classes, seed)
+    columns = {"probe_balanced_accuracy": found["linear_probe"]["balanced_accuracy"],
+               "probe_auc": found["linear_probe"]["auc"]}
+    for k, attack in found["relearn_attack"].items():
+        columns[f"relearn_{k}"] = attack["forget_test_accuracy"]
+        columns[f"relearn_{k}_at_start"] = attack["forget_test_accuracy_at_start"]
+        columns[f"relearn_{k}_retain"] = attack["retain_test_accuracy"]
+    return {**columns, "seconds": time.perf_counter() - start}
+
+
 def run_cell(
-    method_name: str, config: Any, base_model: nn.Module, splits: dict, eval_batch_size: int, seed: int
+    method_name: str, config: Any, base_model: nn.Module, splits: dict, eval_batch_size: int, seed: int,
+    evidence_classes: list[int] | None = None,
 ) -> dict:
-    """Unlearn with one method on a copy of `base_model` and measure the result."""
+    """Unlearn with one method on a copy of `base_model` and measure the result (with `evidence_classes`, the
+    cell's forget classes, also its `evidence_columns`)."""
     method = METHODS[method_name]
     forget = splits["forget_train"] if method.needs_forget else None
     retain = splits["retain_train_all"] if method.needs_retain else None
@@ -94,7 +112,10 @@ def run_cell(
     model = method.unlearn(model, forget, retain, config)
     seconds = time.perf_counter() - start
     model.eval()
-    return {**dataclasses.asdict(measure(model, splits, eval_batch_size, seed=seed)), "seconds": seconds}
+    record = {**dataclasses.asdict(measure(model, splits, eval_batch_size, seed=seed)), "seconds": seconds}
+    if evidence_classes:
+        record["evidence"] = evidence_columns(model, splits, evidence_classes, seed)
+    return record
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

@@ -28,9 +28,11 @@ import timm
 from base_models import train_digits_model, train_fashion_mnist_model, training_recipe
 from cells import (
     SECTION_TITLE,
+    cell_classes,
     cell_splits,
     config_key,
     config_summary,
+    evidence_columns,
     markdown_table,
     parse_cell,
     plot,
@@ -261,7 +263,13 @@ def main() -> None:
         splits = splits_cache[forget_class]
         if str(forget_class) not in results["original"] and str(forget_class) not in meta["original"]:
             meta["original"][str(forget_class)] = dataclasses.asdict(measure(base_model, splits, args.eval_batch_size))
-        record = run_cell(method, config, base_model, splits, args.eval_batch_size, seed)
+        # PBUConfig's --evidence: the relearn attack and the probe on every cell's model and on the original.
+        if pbu_config.evidence and "evidence" not in results["original"].get(str(forget_class), {}):
+            name = str(forget_class)
+            original = meta["original"][name] = meta["original"].get(name) or dict(results["original"][name])
+            original["evidence"] = evidence_columns(base_model, splits, cell_classes(forget_class), seed)
+        record = run_cell(method, config, base_model, splits, args.eval_batch_size, seed,
+                          cell_classes(forget_class) if pbu_config.evidence else None)
         record.update(method=method, forget_class=forget_class, seed=seed, config_key=key,
                       data_needed=METHODS[method].data_needed, config=config_summary(config))
         new_records.append(record)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import timm
 import torch
-from cells import cell_sort_key, cell_splits, parse_cell
+from cells import cell_classes, cell_sort_key, cell_splits, evidence_columns, parse_cell
 from offline_data import DEFAULT_DIR, digits_dataset, fashion_mnist_dataset
 from transformers import HfArgumentParser
 from transformers.utils import logging
@@ -73,7 +73,8 @@ def load_json(path: str, empty: dict) -> dict:
         return json.load(f)
 
 
-def run_cell(base: torch.nn.Module, splits: dict, config: PBUConfig, eval_batch_size: int) -> dict:
+def run_cell(base: torch.nn.Module, splits: dict, config: PBUConfig, eval_batch_size: int,
+             evidence_classes: list[int] | None = None) -> dict:
     """PBU with `config` on a copy of `base`, then A_Df, A_Dr, the MIA, steps and time."""
     trainer = PBUTrainer(model=copy.deepcopy(base), args=config, train_dataset=splits["forget_train"])
     trainer.prepare_penalty()  # the Fisher (cached) outside the timed part
@@ -81,8 +82,11 @@ def run_cell(base: torch.nn.Module, splits: dict, config: PBUConfig, eval_batch_
     trainer.train()
     seconds = time.perf_counter() - start
     model = trainer.model.eval()
-    return {**dataclasses.asdict(measure(model, splits, eval_batch_size, seed=config.seed)), "seconds": seconds,
-            "steps": trainer.state.global_step, "stopped_at_step": trainer.stopped_at_step}
+    record = {**dataclasses.asdict(measure(model, splits, eval_batch_size, seed=config.seed)), "seconds": seconds,
+              "steps": trainer.state.global_step, "stopped_at_step": trainer.stopped_at_step}
+    if evidence_classes:
+        record["evidence"] = evidence_columns(model, splits, evidence_classes, config.seed)
+    return record
 
 
 def oracle(results_dir: str, dataset: str) -> dict[tuple[str, int, int], dict]:
@@ -105,7 +109,8 @@ def measure_setting(args: StudyArguments, config: PBUConfig, path: str) -> None:
                 continue
             cell_config = dataclasses.replace(config, seed=seed, save_strategy="no", logging_strategy="no",
                                               disable_tqdm=True, report_to="none")
-            record = run_cell(base, splits, cell_config, args.eval_batch_size)
+            record = run_cell(base, splits, cell_config, args.eval_batch_size,
+                              cell_classes(forget_class) if config.evidence else None)
             record.update(setting=setting, forget_class=forget_class, seed=seed)
             results = load_json(path, {"records": [], "commands": []})
             results["records"].append(record)

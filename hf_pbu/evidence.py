@@ -451,16 +451,25 @@ def collect_evidence(
     if attacks and not all(name in splits and len(splits[name]) for name in needed):
         logger.warning("The probe and the relearn attack need retained training and test images: skipped.")
     elif attacks:
-        train = {name: splits[name] for name in ("forget_train", "retain_train")}
-        test = {name: splits[name] for name in ("forget_test", "retain_test")}
-        models = {"before": original, "after": unlearned}
-        evidence["linear_probe"] = {when: linear_probe(model, train, test, forget_classes, seed=seed)
-                                    for when, model in models.items()}
-        evidence["relearn_attack"] = {
-            str(k): {when: relearn_attack(model, relearn_set(splits["forget_train"], splits["retain_train"], k, seed),
-                                          splits["forget_test"], splits["retain_test"], forget_classes=forget_classes,
-                                          seed=seed)
-                     for when, model in models.items()}
-            for k in RELEARN_K
-        }
+        found = {when: attack_evidence(model, splits, forget_classes, seed)
+                 for when, model in (("before", original), ("after", unlearned))}
+        evidence["linear_probe"] = {when: found[when]["linear_probe"] for when in found}
+        evidence["relearn_attack"] = {k: {when: found[when]["relearn_attack"][k] for when in found}
+                                      for k in found["after"]["relearn_attack"]}
     return evidence
+
+
+def attack_evidence(model: nn.Module, splits: dict[str, Dataset], forget_classes: Sequence[int], seed: int = 0) -> dict:
+    """The linear probe and the relearn attack (k = 10 and 50) on one model, from the splits forget_train,
+    retain_train (a sample of the retained training images), forget_test and retain_test."""
+    train = {name: splits[name] for name in ("forget_train", "retain_train")}
+    test = {name: splits[name] for name in ("forget_test", "retain_test")}
+    return {
+        "linear_probe": linear_probe(model, train, test, forget_classes, seed=seed),
+        "relearn_attack": {
+            str(k): relearn_attack(model, relearn_set(splits["forget_train"], splits["retain_train"], k, seed),
+                                   splits["forget_test"], splits["retain_test"], forget_classes=forget_classes,
+                                   seed=seed)
+            for k in RELEARN_K
+        },
+    }

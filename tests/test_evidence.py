@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from hf_pbu.evidence import (
+    collect_evidence,
     forget_confusion,
     head_linear,
     linear_probe,
@@ -280,3 +281,28 @@ def test_head_reset_gives_the_forget_class_an_average_bias_or_row(digits):
     torch.testing.assert_close(model.head.weight, digits["masked"].head.weight)  # the row is kept
     _reset_forget_head(model, [FORGET], "row")
     torch.testing.assert_close(model.head.weight[FORGET], model.head.weight[others].mean(0))
+
+
+def test_collect_evidence_writes_the_chart_and_compares_original_with_unlearned(digits, tmp_path):
+    """A run's evidence: the per-class chart in the output folder, where the forgotten class's images go, and, with
+    the attacks, the probe and the relearn attack for both models (here the masked original plays the unlearned
+    model: its class is back after the attack, as on the original)."""
+    from hf_pbu.evaluation import predictions
+
+    tests = ("forget_test", "retain_test")
+    outputs = {when: {name: predictions(model, digits[name]) for name in tests}
+               for when, model in (("before", digits["original"]), ("after", digits["masked"]))}
+    names = [f"digit {c}" for c in range(CLASSES)]
+    evidence = collect_evidence(digits["original"], digits["masked"], digits, outputs, [FORGET], names, str(tmp_path),
+                                attacks=True, seed=0)
+    assert (tmp_path / evidence["chart"]).read_bytes().startswith(b"\x89PNG")
+    assert evidence["per_class_accuracy"]["after"][FORGET] == 0.0
+    assert evidence["per_class_accuracy"]["before"][FORGET] > 80.0
+    assert f"digit {FORGET}" not in evidence["forget_confusion"]["after"][f"digit {FORGET}"]
+    assert set(evidence["relearn_attack"]) == {"10", "50"}
+    for k in ("10", "50"):
+        assert evidence["relearn_attack"][k]["after"]["forget_test_accuracy"] > 70.0
+    assert evidence["linear_probe"]["after"]["balanced_accuracy"] == evidence["linear_probe"]["before"][
+        "balanced_accuracy"]  # masking a logit leaves the features as they were
+    without = collect_evidence(None, digits["masked"], digits, outputs, [FORGET], names, None, attacks=False)
+    assert "relearn_attack" not in without and "chart" not in without and without["per_class_accuracy"]

@@ -175,4 +175,6 @@ def test_given_forget_classes_override_the_labels_and_no_copy_without_need(tmp_p
 
     assert with_field._forget_classes.tolist() == [1, 3]
     assert without_reference._reference is None and without_reference._forget_classes is None
-    assert PBUConfig(output_dir=str(tmp_path)).resolved_stop_rule == "forget_accuracy"
+    assert PBUConfig(output_dir=str(tmp_path), forget_loss="neg_ce").resolved_stop_rule == "forget_accuracy"
+    default = PBUConfig(output_dir=str(tmp_path))
+    assert default.forget_loss == "complement+distill" and default.resolved_stop_rule == "plateau"

@@ -118,7 +118,8 @@ def test_missing_measurements_and_names_retrain_reference_mia_and_transformers_f
     base_dir.mkdir()
     (base_dir / "README.md").write_text("---\nlicense: mit\n---\n# Local base\n")
 
-    card = write_model_card(str(output_dir), results, config, "transformers", None, "local-base",
+    paper = dataclasses.replace(config, forget_loss="neg_ce")  # its stop rule: the forget accuracy
+    card = write_model_card(str(output_dir), results, paper, "transformers", None, "local-base",
                             base_card=load_base_card(str(base_dir)))
     loaded = ModelCard.load(output_dir / "README.md")
 
@@ -199,6 +200,7 @@ def test_card_of_local_data_held_out_of_train_says_so(run, tmp_path):
 
 def test_card_names_a_bounded_forget_term_and_how_it_differs_from_the_paper(run):
     output_dir, results, config, _ = run
+    results.stopped_at_step = results.steps  # the stop rule ended the run
     for loss, note in (("neg_ce", False), ("relabel+distill", True)):
         bounded = dataclasses.replace(config, forget_loss=loss)
         write_model_card(str(output_dir), results, bounded, "timm", "org/tiny-digits", base_card=BASE_CARD)
@@ -233,3 +235,26 @@ def test_the_base_model_is_the_resolved_hub_repo_or_none_for_a_local_one(tmp_pat
     assert model_class_names(named) == ["cat", "dog"]
     generic = ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8], depths=[1], num_labels=2))
     assert model_class_names(generic) is None  # LABEL_0, LABEL_1 name nothing
+
+
+def test_card_shows_the_evidence_chart_confusion_and_attacks(run):
+    """The shared run's card embeds its per-class chart (written beside it) and where the forgotten class's images
+    go; with the attacks' figures, their table compares the original with the unlearned model."""
+    output_dir, results, config, names = run
+    assert results.evidence["chart"] == "per_class_accuracy.png"
+    assert (output_dir / results.evidence["chart"]).read_bytes().startswith(b"\x89PNG")
+    attack = {"steps": 100, "forget_test_accuracy": 0.0}
+    results.evidence.update(
+        linear_probe={"before": {"balanced_accuracy": 97.5}, "after": {"balanced_accuracy": 71.25}},
+        relearn_attack={"10": {"before": {**attack, "forget_test_accuracy": 95.0}, "after": attack}},
+    )
+    write_model_card(str(output_dir), results, config, "timm", "org/tiny-digits", label_names=names,
+                     base_card=BASE_CARD)
+    card = ModelCard.load(output_dir / "README.md")
+    assert "![Per-class test accuracy before and after unlearning](per_class_accuracy.png)" in card.text
+    forgotten = names[results.forget_classes[0]]
+    assert re.search(rf"\| {re.escape(forgotten)} \| .*%", card.text)
+    assert re.search(r"Linear probe .* \| 97\.50 \| 71\.25 \|", card.text)
+    relearn = r"Relearn attack: A_Df after fine-tuning 100 steps on 10 images per class \(%\) \| 95\.00 \| 0\.00 \|"
+    assert re.search(relearn, card.text)
+    ModelCardData(**card.data.to_dict())  # the metadata still validates

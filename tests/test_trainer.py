@@ -16,9 +16,11 @@ from hf_pbu.penalty import AnchorPenalty
 
 
 def config(tmp_path, **overrides) -> PBUConfig:
+    """The paper's objective (forget term -CE, stop on the forget accuracy), whose mechanics these tests check; the
+    bounded default terms are tested in test_forget_losses.py."""
     values = dict(
         output_dir=str(tmp_path / "out"), fisher_cache_dir="none", report_to="none", disable_tqdm=True,
-        save_strategy="no", per_device_train_batch_size=8, fisher_batch_size=8, use_cpu=True,
+        save_strategy="no", per_device_train_batch_size=8, fisher_batch_size=8, use_cpu=True, forget_loss="neg_ce",
     )
     return PBUConfig(**{**values, **overrides})
 
