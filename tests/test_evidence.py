@@ -9,8 +9,8 @@ import copy
 import numpy as np
 import pytest
 import torch
+from tiny_models import DictDataset
 from torch import nn
-from torch.utils.data import Dataset
 
 from hf_pbu.evidence import (
     collect_evidence,
@@ -27,19 +27,6 @@ from hf_pbu.models import classifier_logits
 
 CLASSES, FORGET = 5, 3
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-class Items(Dataset):
-    """`{"pixel_values", "labels"}` items, the format of the library's transformed datasets."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
-        self.images, self.labels = images, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> dict:
-        return {"pixel_values": self.images[index], "labels": int(self.labels[index])}
 
 
 class SmallCNN(nn.Module):
@@ -69,7 +56,7 @@ class NoiseFeatures(nn.Module):
         return self.head(torch.randn(len(x), self.head.in_features, generator=self.generator))
 
 
-def fit(dataset: Items, seed: int, epochs: int = 5) -> nn.Module:
+def fit(dataset: DictDataset, seed: int, epochs: int = 5) -> nn.Module:
     torch.manual_seed(seed)
     model = SmallCNN()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -107,15 +94,15 @@ def digits(one_thread) -> dict:
     order = order[(labels[order] < CLASSES).numpy()]
     cut = int(0.7 * len(order))
 
-    def split(indices: np.ndarray, forget: bool) -> Items:
+    def split(indices: np.ndarray, forget: bool) -> DictDataset:
         keep = [i for i in indices if (int(labels[i]) == FORGET) == forget]
-        return Items(images[keep].contiguous(), labels[keep])
+        return DictDataset(images[keep].contiguous(), labels[keep])
 
     splits = {
         "forget_train": split(order[:cut], True), "retain_train": split(order[:cut], False),
         "forget_test": split(order[cut:], True), "retain_test": split(order[cut:], False),
     }
-    train_all = Items(torch.cat([splits["forget_train"].images, splits["retain_train"].images]),
+    train_all = DictDataset(torch.cat([splits["forget_train"].images, splits["retain_train"].images]),
                       torch.cat([splits["forget_train"].labels, splits["retain_train"].labels]))
     original = fit(train_all, seed=0)
     masked = copy.deepcopy(original)
@@ -134,7 +121,7 @@ def test_relearn_set_takes_k_of_every_class_seeded(digits):
     assert torch.equal(first, torch.stack([again[i]["pixel_values"] for i in range(len(again))]))
     assert not torch.equal(first, torch.stack([other[i]["pixel_values"] for i in range(len(other))]))
     # A class with fewer than k images gives all of them.
-    few = Items(digits["forget_train"].images[:3], digits["forget_train"].labels[:3])
+    few = DictDataset(digits["forget_train"].images[:3], digits["forget_train"].labels[:3])
     assert len(relearn_set(few, digits["retain_train"], k=10, seed=0)) == 3 + 10 * (CLASSES - 1)
 
 
