@@ -25,6 +25,7 @@ import numpy as np
 import timm
 import torch
 from cells import cell_classes, cell_sort_key, cell_splits, evidence_columns, parse_cell
+from compare_methods import locked, write_atomically
 from offline_data import DEFAULT_DIR, digits_dataset, fashion_mnist_dataset
 from transformers import HfArgumentParser
 from transformers.utils import logging
@@ -112,12 +113,12 @@ def measure_setting(args: StudyArguments, config: PBUConfig, path: str) -> None:
             record = run_cell(base, splits, cell_config, args.eval_batch_size,
                               cell_classes(forget_class) if config.evidence else None)
             record.update(setting=setting, forget_class=forget_class, seed=seed)
-            results = load_json(path, {"records": [], "commands": []})
-            results["records"].append(record)
-            command = "python benchmarks/forget_losses.py " + " ".join(sys.argv[1:])
-            results["commands"] = [c for c in results["commands"] if c != command] + [command]
-            with open(path, "w") as f:
-                json.dump(results, f, indent=1)
+            with locked(path):  # another run (setting, seed or dataset) may update the same file at once
+                results = load_json(path, {"records": [], "commands": []})
+                results["records"].append(record)
+                command = "python benchmarks/forget_losses.py " + " ".join(sys.argv[1:])
+                results["commands"] = [c for c in results["commands"] if c != command] + [command]
+                write_atomically(path, json.dumps(results, indent=1))
             print(f"{setting_label(setting)} class {forget_class} seed {seed}: "
                   f"A_Df {record['forget_test_accuracy']:.1f} A_Dr {record['retain_test_accuracy']:.1f} "
                   f"steps {record['steps']} ({record['seconds']:.0f} s)", flush=True)

@@ -28,6 +28,7 @@ MODEL_DIRS = {"digits": "outputs/digits-resnet18", "fashion_mnist": "outputs/fas
 class DynamicsArguments:
     dataset: str = field(default="fashion_mnist", metadata={"choices": list(MODEL_DIRS)})
     forget_class: int = field(default=8)
+    base_model_dir: str | None = field(default=None, metadata={"help": "Default: benchmarks/compare_methods.py's."})
     every: int = field(default=5, metadata={"help": "Report every this many steps (and at the end)."})
     retain_sample_every: int = field(default=9, metadata={"help": "Retained test images used: every n-th one."})
 
@@ -53,7 +54,7 @@ def main() -> None:
                              "--logging_strategy", "no", "--disable_tqdm", "true"]
     )
     data = digits_dataset() if args.dataset == "digits" else fashion_mnist_dataset(DEFAULT_DIR)
-    model = timm.create_model(f"local-dir:{MODEL_DIRS[args.dataset]}", pretrained=True).eval()
+    model = timm.create_model(f"local-dir:{args.base_model_dir or MODEL_DIRS[args.dataset]}", pretrained=True).eval()
     splits = cell_splits(data, eval_transform(model), args.forget_class, mia_members=0)
     retain_test = splits["retain_test"]
     retain_sample = [retain_test[i] for i in range(0, len(retain_test), args.retain_sample_every)]
