@@ -62,8 +62,11 @@ def setting_of(config: PBUConfig) -> dict:
 def setting_label(setting: dict) -> str:
     """The setting in a table row: the loss, then the fields that differ from `PBUConfig`'s defaults."""
     defaults = PBUConfig(output_dir="unused")
+    terms = setting["forget_loss"].split("+")
+    unused = {"forget_loss"} | ({"npo_tau"} if "npo" not in terms else set()) | (
+        {"distill_weight"} if "distill" not in terms else set())
     changed = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in setting.items()
-               if k != "forget_loss" and v != getattr(defaults, k)]
+               if k not in unused and v != getattr(defaults, k)]
     return " ".join([setting["forget_loss"], *changed])
 
 
