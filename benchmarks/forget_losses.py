@@ -52,6 +52,9 @@ class StudyArguments:
     results_dir: str = field(default="benchmarks", metadata={"help": "Holds quality_<dataset>.json (the oracle)."})
     table: bool = field(default=False, metadata={"help": "Print the tables of every setting measured; run nothing."})
     plot: str | None = field(default=None, metadata={"help": "With --table: also plot the A_Dr gap per class."})
+    table_seeds: list[int] | None = field(
+        default=None, metadata={"help": "With --table: only these seeds' runs, to compare settings on the same seeds."}
+    )
     eval_batch_size: int = field(default=256)
 
 
@@ -159,7 +162,8 @@ def gap_cell(cells: list[tuple[float, dict]]) -> str:
 def print_tables(args: StudyArguments, path: str) -> None:
     results = load_json(path, {"records": [], "commands": []})
     oracles = oracle(args.results_dir, args.dataset)
-    table = gaps_by_setting(results["records"], oracles)
+    records = [r for r in results["records"] if args.table_seeds is None or r["seed"] in args.table_seeds]
+    table = gaps_by_setting(records, oracles)
     classes = sorted({c for by_class in table.values() for c in by_class}, key=cell_sort_key)
     masked = [oracles[("mask_logits", c, 0)]["retain_test_accuracy"]
               - oracles[("retrain", c, 0)]["retain_test_accuracy"]

@@ -56,7 +56,8 @@ class PBUConfig(TrainingArguments):
         default=10.0,
         metadata={
             "help": "Weight of the 'distill' term relative to the other terms (all times alpha). 10 kept the retained "
-            "classes closer to retraining than 1 or 5 on every class of the benchmarks (benchmarks/RESULTS.md)."
+            "classes closer to retraining than 1 or 5, on average over every class and on the worst class, on the "
+            "four benchmark models (benchmarks/RESULTS.md, 'Tuning the default')."
         },
     )
     beta: float = field(
