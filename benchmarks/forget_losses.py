@@ -38,6 +38,8 @@ MODEL_DIRS = {"digits": "outputs/digits-resnet18", "fashion_mnist": "outputs/fas
 # The PBUConfig fields that tell two settings apart in the tables.
 SETTING_FIELDS = ("forget_loss", "alpha", "learning_rate", "stop_rule", "npo_tau", "distill_weight",
                   "num_train_epochs", "stop_plateau_tolerance", "stop_plateau_patience", "stop_forget_accuracy")
+# Fields that only one forget term reads: left out of the labels of settings without that term.
+TERM_OPTIONS = {"npo_tau": "npo", "distill_weight": "distill"}
 
 
 @dataclass
@@ -66,10 +68,8 @@ def setting_label(setting: dict) -> str:
     """The setting in a table row: the loss, then the fields that differ from `PBUConfig`'s defaults."""
     defaults = PBUConfig(output_dir="unused")
     terms = setting["forget_loss"].split("+")
-    unused = {"forget_loss"} | ({"npo_tau"} if "npo" not in terms else set()) | (
-        {"distill_weight"} if "distill" not in terms else set())
     changed = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in setting.items()
-               if k not in unused and v != getattr(defaults, k)]
+               if k != "forget_loss" and TERM_OPTIONS.get(k, terms[0]) in terms and v != getattr(defaults, k)]
     return " ".join([setting["forget_loss"], *changed])
 
 

@@ -14,14 +14,13 @@ from dataclasses import dataclass, field
 import timm
 import torch
 from cells import cell_splits
+from forget_losses import MODEL_DIRS
 from offline_data import DEFAULT_DIR, digits_dataset, fashion_mnist_dataset
 from transformers import HfArgumentParser, TrainerCallback
 
 from hf_pbu import PBUConfig, PBUTrainer
 from hf_pbu.evaluation import accuracy
 from hf_pbu.models import eval_transform
-
-MODEL_DIRS = {"digits": "outputs/digits-resnet18", "fashion_mnist": "outputs/fashion-mnist-resnet18q-2ep"}
 
 
 @dataclass
