@@ -82,18 +82,26 @@ class BenchmarkArguments:
     results_dir: str = field(default="benchmarks", metadata={"help": "Where the JSON, PNG and RESULTS.md go."})
 
 
+def base_model_dir(args: BenchmarkArguments) -> str:
+    """Where the chosen dataset's base model is trained and cached."""
+    if args.base_model_dir:
+        return args.base_model_dir
+    suffix = "" if args.base_label_smoothing == 0.1 else f"-ls{args.base_label_smoothing:g}"
+    if args.dataset == "digits":
+        return f"outputs/digits-resnet18{suffix}"
+    return f"outputs/fashion-mnist-resnet18q-{args.base_epochs:g}ep{suffix}"
+
+
 def load_base(args: BenchmarkArguments):
     """(data, base model, retrain recipe factory, description) of the chosen dataset."""
     smoothing = args.base_label_smoothing
-    suffix = "" if smoothing == 0.1 else f"-ls{smoothing:g}"
+    model_dir = base_model_dir(args)
     if args.dataset == "digits":
         data = digits_dataset()
-        model_dir = args.base_model_dir or f"outputs/digits-resnet18{suffix}"
         train_digits_model(model_dir, label_smoothing=smoothing)
         epochs = 12
     else:
         data = fashion_mnist_dataset(args.fashion_mnist_dir)
-        model_dir = args.base_model_dir or f"outputs/fashion-mnist-resnet18q-{args.base_epochs:g}ep{suffix}"
         train_fashion_mnist_model(model_dir, data, epochs=args.base_epochs, label_smoothing=smoothing)
         epochs = args.base_epochs
     model = timm.create_model(f"local-dir:{model_dir}", pretrained=True).eval()

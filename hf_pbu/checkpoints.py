@@ -22,7 +22,8 @@ logger = logging.get_logger(__name__)
 SIGNATURE_FILE = "pbu_run.json"
 # The fields of `PBUConfig` that define the objective (and so theta*'s weights w = beta * F + gamma).
 OBJECTIVE_FIELDS = ("alpha", "beta", "gamma", "fisher_estimator", "fisher_mc_samples", "fisher_top_mass",
-                    "freeze_batchnorm", "forget_loss", "npo_tau", "distill_weight")
+                    "freeze_batchnorm", "forget_loss", "npo_tau", "distill_weight", "forget_level",
+                    "forget_row_learning_rate")
 
 
 def run_signature(model: nn.Module, forget_data: Dataset, config: PBUConfig, metadata: dict | None = None) -> dict:

@@ -14,6 +14,8 @@ from .forget_losses import FORGET_LOSSES, build_forget_loss
 FISHER_ESTIMATOR_CHOICES = ("auto", *ESTIMATORS)
 FisherEstimator = Literal[FISHER_ESTIMATOR_CHOICES]
 StopRule = Literal["auto", "forget_accuracy", "plateau"]
+ForgetLevel = Literal["output", "head", "features"]
+FORGET_LEVELS = ("output", "head", "features")
 
 
 @dataclass
@@ -59,6 +61,23 @@ class PBUConfig(TrainingArguments):
             "classes closer to retraining than 1 or 5, on average over every class and on the worst class, on the "
             "four benchmark models (benchmarks/RESULTS.md, 'Tuning the default')."
         },
+    )
+    forget_level: ForgetLevel = field(
+        default="output",
+        metadata={
+            "help": "Where the class is removed. 'output': the paper's objective, every parameter anchored, the forget "
+            "term through the model's own head: the class stops being predicted, but its head row still points at "
+            "its features, and a few fine-tuning steps bring it back. 'head': the forget classes' head rows also "
+            "leave the anchor and are refit, at `forget_row_learning_rate`, until each forgotten class ranks last on "
+            "its images, as in a model retrained without it (hf_pbu.forget_rows). 'features': as 'head', and the "
+            "forget term is taken through the original head, so that the backbone moves the class's features out of "
+            "its region (at a cost to the retained classes that `alpha` sets).",
+            "choices": list(FORGET_LEVELS),
+        },
+    )
+    forget_row_learning_rate: float = field(
+        default=1e-3,
+        metadata={"help": "Learning rate of the forget classes' head rows under forget_level 'head' or 'features'."},
     )
     beta: float = field(
         default=100.0, metadata={"help": "Weight of the Fisher-weighted distance to the original parameters."}
@@ -227,6 +246,8 @@ class PBUConfig(TrainingArguments):
         build_forget_loss(self.forget_loss, self.npo_tau, self.distill_weight)  # raises on an unknown name
         if self.npo_tau <= 0 or self.distill_weight < 0:
             raise ValueError("npo_tau must be positive and distill_weight non-negative.")
+        if self.forget_level not in FORGET_LEVELS:
+            raise ValueError(f"forget_level={self.forget_level!r} is not one of {', '.join(map(repr, FORGET_LEVELS))}.")
         if self.stop_rule not in ("auto", "forget_accuracy", "plateau"):
             raise ValueError(f"stop_rule={self.stop_rule!r} is not one of 'auto', 'forget_accuracy', 'plateau'.")
         if self.stop_plateau_patience < 1:

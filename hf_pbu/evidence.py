@@ -6,6 +6,8 @@ with no unlearning at all. Three views look past the argmax:
 * `relearn_attack`: fine-tune a copy for a small, fixed budget on a few images of every class (`relearn_set`) and
   measure how much of the class comes back. A model that still holds the class relearns it at once; the retrain
   oracle, which never saw it, relearns it only as far as its features of the other classes allow.
+* `prototype_attack` and `head_relearn_attack` (`hf_pbu.head_attacks`): the class rebuilt from the classifier head
+  over fixed features, by a prototype row (no training) or by fine-tuning the head alone. Cheap: every run makes them.
 * `linear_probe`: a logistic regression on the penultimate features (what the head reads) that tells forget-class
   images from retained ones. Output-level forgetting that leaves the features intact still separates here.
 * `per_class_accuracy`, `forget_confusion`, `plot_per_class_accuracy`: where the forgotten class's images go now
@@ -19,7 +21,6 @@ import copy
 import math
 import os
 from collections.abc import Sequence
-from typing import Literal
 
 import numpy as np
 import torch
@@ -30,27 +31,32 @@ from transformers.utils import logging
 
 from .data import seeded_indices
 from .evaluation import accuracy, accuracy_of, predictions
-from .models import classifier_head, classifier_logits, eval_mode, head_linear
+from .features import _device, _unwrap, dataset_features, dataset_labels, penultimate_features
+from .head_attacks import (
+    RELEARN_BATCH_SIZE,
+    RELEARN_LEARNING_RATE,
+    RELEARN_STEPS,
+    HeadReset,
+    check_head_reads_features,
+    head_inputs,
+    head_relearn_attack,
+    head_relearn_from_features,
+    prototype_attack,
+    prototype_from_features,
+    reset_forget_head,
+)
+from .models import classifier_logits, head_linear
 
 logger = logging.get_logger(__name__)
 
-# The relearning budget, the same for every method (see `relearn_attack`).
-RELEARN_STEPS = 100
-RELEARN_LEARNING_RATE = 1e-4
-RELEARN_BATCH_SIZE = 32
+__all__ = [
+    "attack_evidence", "collect_evidence", "dataset_features", "dataset_labels", "forget_confusion",
+    "head_relearn_attack", "linear_probe", "penultimate_features", "per_class_accuracy", "plot_per_class_accuracy",
+    "prototype_attack", "relearn_attack", "relearn_set",
+]
 
 
 # --------------------------------------------------------------------------------------------------- helpers
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The model inside a DistributedDataParallel / accelerate wrapper, whose attributes (head, config) we need."""
-    return getattr(model, "module", model)
-
-
-def _device(model: nn.Module) -> torch.device:
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
 
 
 def _sample(dataset: Dataset, cap: int | None, seed: int) -> Dataset:
@@ -59,57 +65,6 @@ def _sample(dataset: Dataset, cap: int | None, seed: int) -> Dataset:
         return dataset
     return Subset(dataset, seeded_indices(len(dataset), cap, seed).tolist())
 
-
-def _loader(dataset: Dataset, batch_size: int) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False)
-
-
-def dataset_labels(dataset: Dataset, batch_size: int = 256) -> np.ndarray:
-    """All labels of a dataset of `{"pixel_values", "labels"}` items, in order. One pass over it (the transform
-    runs), since a transformed dataset may map its raw labels to the model's."""
-    return np.concatenate(
-        [np.asarray(batch["labels"]).reshape(-1) for batch in _loader(dataset, batch_size)]
-    ).astype(np.int64)
-
-
-# ---------------------------------------------------------------------------------------- penultimate features
-
-
-@torch.no_grad()
-def penultimate_features(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
-    """The pooled features [N, D] that the classifier head reads, for one batch (eval mode, no gradients).
-
-    timm models expose them (`forward_head(..., pre_logits=True)`). For every other model the input of the head
-    module is captured with a forward hook, so any transformers architecture works without knowing where it pools
-    (ViT: the CLS token after the final layernorm; ConvNeXt/ResNet: the pooled output, flattened here).
-    """
-    inner = _unwrap(model)
-    pixel_values = pixel_values.to(_device(inner))
-    with eval_mode(inner):
-        if callable(getattr(inner, "forward_head", None)) and callable(getattr(inner, "forward_features", None)):
-            features = inner.forward_head(inner.forward_features(pixel_values), pre_logits=True)
-            return features.flatten(1)
-        captured: list[torch.Tensor] = []
-        hook = classifier_head(inner).register_forward_hook(lambda module, args, output: captured.append(args[0]))
-        try:
-            inner(pixel_values)
-        finally:
-            hook.remove()
-    if not captured:
-        raise RuntimeError(f"The classifier head of {type(inner).__name__} was not called in its forward pass.")
-    return captured[-1].flatten(1)
-
-
-@torch.no_grad()
-def dataset_features(model: nn.Module, dataset: Dataset, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Penultimate features (float64, on CPU) and labels of every item of `dataset`."""
-    features, labels = [], []
-    for batch in _loader(dataset, batch_size):
-        features.append(penultimate_features(model, batch["pixel_values"]).double().cpu().numpy())
-        labels.append(np.asarray(batch["labels"]).reshape(-1))
-    if not features:
-        return np.empty((0, 0)), np.empty(0, dtype=np.int64)
-    return np.concatenate(features), np.concatenate(labels).astype(np.int64)
 
 
 # --------------------------------------------------------------------------------------------- relearn attack
@@ -136,33 +91,6 @@ def relearn_set(forget_train: Dataset, retain_train: Dataset, k: int, seed: int 
     return ConcatDataset(parts)
 
 
-@torch.no_grad()
-def _reset_forget_head(model: nn.Module, forget_classes: Sequence[int], reset: str) -> float | None:
-    """Give the forget classes the head bias ("bias"), or the bias and weight row ("row"), of an average class:
-    the mean over the other classes. Returns the bias set (None when nothing was reset).
-
-    "bias" is the cheapest repair an attacker holding the weights makes: it undoes an output-level mask (a bias of
-    -1e4 that no fine-tuning budget climbs back from) and puts every method on the same footing, so that the attack
-    measures how well the weights (features and the class's head row) still recognise the class. "row" also
-    discards the class's weight row: the attack then measures the features alone, whatever a method did to the head.
-    """
-    if reset == "none":
-        return None
-    linear = head_linear(model)
-    if linear is None or linear.bias is None:
-        logger.warning("The classifier head has no nn.Linear with a bias: the relearn attack keeps the head as it is.")
-        return None
-    forget = torch.zeros(linear.bias.numel(), dtype=torch.bool, device=linear.bias.device)
-    forget[torch.as_tensor(list(forget_classes), dtype=torch.long, device=forget.device)] = True
-    if forget.all():
-        return None
-    value = linear.bias[~forget].mean()
-    linear.bias[forget] = value
-    if reset == "row":
-        linear.weight[forget] = linear.weight[~forget].mean(0)
-    return float(value)
-
-
 def relearn_attack(
     model: nn.Module,
     relearn_set: Dataset,
@@ -174,7 +102,7 @@ def relearn_attack(
     learning_rate: float = RELEARN_LEARNING_RATE,
     batch_size: int = RELEARN_BATCH_SIZE,
     seed: int = 0,
-    reset_head: Literal["bias", "row", "none"] = "bias",
+    reset_head: HeadReset = "bias",
     eval_batch_size: int = 64,
 ) -> dict:
     """Fine-tune a copy of `model` on `relearn_set` (see `relearn_set()`) for a fixed budget, then measure A_Df
@@ -224,7 +152,10 @@ def relearn_attack(
     for parameter in attacked.parameters():
         parameter.requires_grad_(True)
     result["reset_head"] = reset_head
-    result["reset_bias"] = _reset_forget_head(attacked, forget_classes, reset_head)
+    linear = head_linear(attacked)
+    if linear is None and reset_head != "none":
+        logger.warning("The classifier head has no nn.Linear: the relearn attack keeps the head as it is.")
+    result["reset_bias"] = reset_forget_head(linear, forget_classes, reset_head) if linear is not None else None
     result["forget_test_accuracy_at_start"] = accuracy(attacked, forget_test, eval_batch_size)
 
     torch.manual_seed(seed)
@@ -413,6 +344,10 @@ def plot_per_class_accuracy(
 
 CHART_FILE = "per_class_accuracy.png"
 RELEARN_K = (10, 50)
+# Relearn images per class of the head-only relearn attack, whose forget-class images also make the prototype.
+HEAD_ATTACK_K = 10
+# The head attacks, as the results file and the card name them.
+HEAD_ATTACKS = ("prototype_attack", "head_relearn_attack")
 
 
 def collect_evidence(
@@ -427,11 +362,12 @@ def collect_evidence(
     seed: int = 0,
 ) -> dict:
     """A run's evidence, for the results file and the card: per-class test accuracy before and after (and its chart,
-    written to `output_dir`), the forgotten classes' confusion before and after and, with `attacks`, the linear
-    probe and the relearn attack (k = 10 and 50) on the original and the unlearned model.
+    written to `output_dir`), the forgotten classes' confusion before and after, the head attacks (prototype and
+    head-only relearn) on the original and the unlearned model and, with `attacks`, also the linear probe and the
+    fine-tune relearn attack (k = 10 and 50).
 
-    `outputs` holds the prediction passes already made ({"before"/"after": {split: (logits, labels)}}); the probe and
-    the attack need retained training images (`splits["retain_train"]`) and are skipped without them.
+    `outputs` holds the prediction passes already made ({"before"/"after": {split: (logits, labels)}}); the attacks
+    need retained training images (`splits["retain_train"]`) and are skipped without them.
     """
     tests = [name for name in ("forget_test", "retain_test") if name in outputs["after"]]
     evidence: dict = {}
@@ -448,28 +384,56 @@ def collect_evidence(
                                     os.path.join(output_dir, CHART_FILE))
             evidence["chart"] = CHART_FILE
     needed = ("forget_train", "retain_train", "forget_test", "retain_test")
-    if attacks and not all(name in splits and len(splits[name]) for name in needed):
-        logger.warning("The probe and the relearn attack need retained training and test images: skipped.")
-    elif attacks:
-        found = {when: attack_evidence(model, splits, forget_classes, seed)
-                 for when, model in (("before", original), ("after", unlearned))}
-        evidence["linear_probe"] = {when: found[when]["linear_probe"] for when in found}
+    if not all(name in splits and len(splits[name]) for name in needed):
+        logger.warning("The attacks need retained training and test images: skipped.")
+        return evidence
+    found = {when: attack_evidence(model, splits, forget_classes, seed, RELEARN_K if attacks else (), attacks)
+             for when, model in (("before", original), ("after", unlearned))}
+    for name in ("linear_probe", *HEAD_ATTACKS):
+        if name in found["after"]:
+            evidence[name] = {when: found[when][name] for when in found}
+    if "relearn_attack" in found["after"]:
         evidence["relearn_attack"] = {k: {when: found[when]["relearn_attack"][k] for when in found}
                                       for k in found["after"]["relearn_attack"]}
     return evidence
 
 
-def attack_evidence(model: nn.Module, splits: dict[str, Dataset], forget_classes: Sequence[int], seed: int = 0) -> dict:
-    """The linear probe and the relearn attack (k = 10 and 50) on one model, from the splits forget_train,
-    retain_train (a sample of the retained training images), forget_test and retain_test."""
-    train = {name: splits[name] for name in ("forget_train", "retain_train")}
-    test = {name: splits[name] for name in ("forget_test", "retain_test")}
+def head_attack_evidence(model: nn.Module, splits: dict[str, Dataset], forget_classes: Sequence[int],
+                         seed: int = 0) -> dict:
+    """The prototype attack and the head-only relearn attack (k = `HEAD_ATTACK_K`) on one model, on features computed
+    once: the relearn set's forget images make the prototype (its first `PROTOTYPE_IMAGES` of each class). Empty,
+    with a warning, for a model whose head does not read its penultimate features alone."""
+    try:
+        check_head_reads_features(model, splits["forget_test"])
+    except ValueError as err:
+        logger.warning(f"{err} Skipped.")
+        return {}
+    relearn = relearn_set(splits["forget_train"], splits["retain_train"], HEAD_ATTACK_K, seed)
+    relearn_inputs = head_inputs(model, relearn)
+    forget_test, retain_test = head_inputs(model, splits["forget_test"]), head_inputs(model, splits["retain_test"])
     return {
-        "linear_probe": linear_probe(model, train, test, forget_classes, seed=seed),
-        "relearn_attack": {
+        "prototype_attack": prototype_from_features(model, relearn_inputs, forget_test, retain_test,
+                                                    forget_classes=forget_classes),
+        "head_relearn_attack": head_relearn_from_features(model, relearn_inputs, forget_test, retain_test,
+                                                          forget_classes=forget_classes, seed=seed),
+    }
+
+
+def attack_evidence(model: nn.Module, splits: dict[str, Dataset], forget_classes: Sequence[int], seed: int = 0,
+                    relearn_k: Sequence[int] = RELEARN_K, probe: bool = True) -> dict:
+    """The head attacks (`head_attack_evidence`), the linear probe (with `probe`) and the fine-tune relearn attack
+    for each k of `relearn_k` on one model, from the splits forget_train, retain_train (a sample of the retained
+    training images), forget_test and retain_test."""
+    found = head_attack_evidence(model, splits, forget_classes, seed)
+    if probe:
+        train = {name: splits[name] for name in ("forget_train", "retain_train")}
+        test = {name: splits[name] for name in ("forget_test", "retain_test")}
+        found["linear_probe"] = linear_probe(model, train, test, forget_classes, seed=seed)
+    if relearn_k:
+        found["relearn_attack"] = {
             str(k): relearn_attack(model, relearn_set(splits["forget_train"], splits["retain_train"], k, seed),
                                    splits["forget_test"], splits["retain_test"], forget_classes=forget_classes,
                                    seed=seed)
-            for k in RELEARN_K
-        },
-    }
+            for k in relearn_k
+        }
+    return found

@@ -16,7 +16,10 @@ class AnchorPenalty:
     The value itself, for logs and evaluation, is `value`.
     """
 
-    def __init__(self, model: nn.Module, fisher: dict[str, torch.Tensor], beta: float, gamma: float):
+    def __init__(self, model: nn.Module, fisher: dict[str, torch.Tensor], beta: float, gamma: float,
+                 free: dict[str, torch.Tensor] | None = None):
+        """`free`: boolean masks by parameter name of entries left out of the penalty (weight 0), e.g. the forget
+        classes' head rows under `forget_level` "head" or "features"."""
         named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
         missing = [name for name, _ in named if name not in fisher]
         if missing:
@@ -24,7 +27,15 @@ class AnchorPenalty:
         self.names = [name for name, _ in named]
         self.shapes = [p.shape for _, p in named]
         self.anchor = torch.cat([p.detach().float().reshape(-1) for _, p in named]).clone()
-        self.weight = torch.cat([(beta * fisher[name].float() + gamma).reshape(-1).to(p.device) for name, p in named])
+        free = free or {}
+
+        def weight(name: str, p: torch.Tensor) -> torch.Tensor:
+            w = (beta * fisher[name].float() + gamma).to(p.device)
+            return w.masked_fill(free[name].to(p.device), 0.0) if name in free else w
+
+        self.weight = torch.cat([weight(name, p).reshape(-1) for name, p in named])
+        # Positions (in `names`) and masks of the parameters with free entries, left out of both sums of `value`.
+        self._anchored = {i: (~free[name]).to(p.device) for i, (name, p) in enumerate(named) if name in free}
         self._anchor_views = list(self.anchors().values())
         self._weight_views = list(self.weights().values())
         self._offset_views = list(self._unflatten(2 * self.weight * self.anchor).values())  # 2 w theta*
@@ -35,8 +46,11 @@ class AnchorPenalty:
 
     @torch.no_grad()
     def value(self, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sum w * d^2, sum d^2) with d = theta - theta*, for the unwrapped `model`; no gradient."""
-        deltas = torch._foreach_sub([p.float() for p in self._params(model)], self._anchor_views)
+        """(sum w * d^2, sum d^2) with d = theta - theta*, for the unwrapped `model`, over the anchored entries; no
+        gradient."""
+        deltas = list(torch._foreach_sub([p.float() for p in self._params(model)], self._anchor_views))
+        for i, anchored in self._anchored.items():  # entries left free count in neither sum
+            deltas[i] = deltas[i] * anchored
         squared = torch.stack(torch._foreach_norm(deltas)).square().sum()
         torch._foreach_mul_(deltas, torch._foreach_sqrt(self._weight_views))
         return torch.stack(torch._foreach_norm(deltas)).square().sum(), squared

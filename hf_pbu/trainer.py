@@ -23,8 +23,9 @@ from .distributed import shard
 from .evaluation import accuracy
 from .fisher import default_fisher_cache_dir, load_or_compute_fisher, memory_budget
 from .forget_losses import ForgetBatch, build_forget_loss
+from .forget_rows import ForgetRows, InputCapture
 from .model_card import base_model_of, card_dataset, model_class_names, write_model_card
-from .models import classifier_logits, num_classes
+from .models import classifier_logits, head_linear, num_classes
 from .penalty import AnchorPenalty
 from .publish import push_unlearned_model
 from .results import UnlearningResults
@@ -166,6 +167,19 @@ class ForgetStopCallback(TrainerCallback):
             )
 
 
+class ForgetRowsCallback(TrainerCallback):
+    """Under forget_level "head" or "features", writes the refit forget rows into the head after every optimizer step
+    (before the stop rule may undo the step, which then restores the head as it was)."""
+
+    def __init__(self, trainer: "PBUTrainer"):
+        self.trainer = trainer
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        if self.trainer.forget_rows is not None:
+            self.trainer.forget_rows.write_()
+            self.trainer.forget_rows.weight.grad = None  # not a model parameter: `Trainer` zeroes only the model's
+
+
 class PBUTrainer(Trainer):
     """Unlearns the classes of `train_dataset` (the forget set S_n, the only data PBU sees) by minimising
 
@@ -219,6 +233,8 @@ class PBUTrainer(Trainer):
         self.forget_loss = build_forget_loss(args.forget_loss, args.npo_tau, args.distill_weight)
         self.stop_rule = args.resolved_stop_rule
         self._reference: nn.Module | None = None
+        self.forget_rows: ForgetRows | None = None  # forget_level "head"/"features": the forget classes' head rows
+        self._captures: dict[str, InputCapture] = {}  # the features each model's head reads, under those levels
         self._given_forget_classes = forget_classes
         self._forget_classes: torch.Tensor | None = None
         self.fisher_seconds = 0.0
@@ -236,6 +252,7 @@ class PBUTrainer(Trainer):
         self.base_model_id = base_model_id
         self.class_names = class_names
         self.unlearning_results: UnlearningResults | None = None  # set by `train`
+        self.add_callback(ForgetRowsCallback(self))
         self.add_callback(ForgetStopCallback(self))
 
     @property
@@ -252,7 +269,13 @@ class PBUTrainer(Trainer):
                 fisher = {name: torch.zeros_like(p) for name, p in self.model.named_parameters()}
             elif fisher is None:
                 fisher, self.fisher_seconds = self._fisher()
-            self._penalty = AnchorPenalty(self.model, fisher, self.args.beta, self.args.gamma)
+            free = None
+            if self.args.forget_level != "output":  # the forget rows are refit, not anchored
+                self.prepare_reference()
+                linear = self.forget_rows.linear
+                name = next(name for name, p in self.model.named_parameters() if p is linear.weight)
+                free = {name: self.forget_rows.mask()}
+            self._penalty = AnchorPenalty(self.model, fisher, self.args.beta, self.args.gamma, free)
             self._given_fisher = None
         return self._penalty
 
@@ -261,11 +284,24 @@ class PBUTrainer(Trainer):
         (nothing otherwise): built on the first call (the start of `train`, or an evaluation before it) from the
         model as it is then, the source model. The copy costs the model's memory once more and one forward per step,
         in eval mode and the run's mixed precision (as TRL's `ref_model`)."""
-        if self.forget_loss.needs_reference and self._reference is None:
+        features = self.args.forget_level != "output"
+        if (self.forget_loss.needs_reference or features) and self._reference is None:
             self._reference = copy.deepcopy(self.accelerator.unwrap_model(self.model)).eval().requires_grad_(False)
-        if self.forget_loss.needs_forget_classes and self._forget_classes is None:
+        if (self.forget_loss.needs_forget_classes or features) and self._forget_classes is None:
             classes = self._given_forget_classes or self._labels_of_forget_set()
             self._forget_classes = torch.tensor(sorted(set(classes)), dtype=torch.long, device=self.args.device)
+        if features and self.forget_rows is None:
+            linears = {name: head_linear(model) for name, model in (("model", self.accelerator.unwrap_model(
+                self.model)), ("reference", self._reference))}
+            if linears["model"] is None:
+                raise ValueError(f"forget_level={self.args.forget_level!r} refits the forget classes' rows of the "
+                                 "classifier head's last nn.Linear, and this model's head has none: use "
+                                 "forget_level='output'.")
+            self.forget_rows = ForgetRows(linears["model"], self._forget_classes.tolist())
+            self._reference_linear = linears["reference"]
+        if features and not self._captures:
+            self._captures = {"model": InputCapture(self.forget_rows.linear),
+                              "reference": InputCapture(self._reference_linear)}
 
     def _labels_of_forget_set(self) -> list[int]:
         """The labels present in the whole forget set (every process reads all of it, so all agree)."""
@@ -338,7 +374,18 @@ class PBUTrainer(Trainer):
             for layer in self._norm_layers:
                 layer.eval()
         logits = classifier_logits(model, inputs["pixel_values"])
-        loss = self.args.alpha * self.forget_loss(self._forget_batch(logits, inputs))
+        batch = self._forget_batch(logits, inputs)
+        rank_last = None
+        if self.forget_rows is not None:  # forget_level "head" or "features"
+            features, reference_features = self._captures["model"].pop(), self._captures["reference"].pop()
+            # The forget rows are refit on the detached features of both models; under "features" the forget term
+            # reads the current features through the original head, so that the features must move.
+            if self.args.forget_level == "features":
+                batch = dataclasses.replace(batch, logits=self._reference_linear(features).float())
+            rank_last = self.forget_rows.rank_last([features, reference_features])
+        loss = self.args.alpha * self.forget_loss(batch)
+        if rank_last is not None:
+            loss = loss + rank_last
         if model.training:
             with torch.no_grad():
                 forget_ce = F.cross_entropy(logits.float(), inputs["labels"])
@@ -348,10 +395,24 @@ class PBUTrainer(Trainer):
             loss = loss + self.penalty.value(self.accelerator.unwrap_model(model))[0]
         return (loss, {"logits": logits}) if return_outputs else loss
 
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        """`Trainer`'s optimizer, plus, under forget_level "head" or "features", a group of its own for the forget rows
+        (taken from the head now: a resumed checkpoint's) at `forget_row_learning_rate`, without weight decay."""
+        optimizer = super().create_optimizer(model)
+        rows = self.forget_rows
+        if rows is not None and not any(p is rows.weight for group in optimizer.param_groups for p in group["params"]):
+            rows.read_()
+            optimizer.add_param_group({"params": [rows.weight], "lr": self.args.forget_row_learning_rate,
+                                       "weight_decay": 0.0})
+        return optimizer
+
     def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
         """`Trainer.training_step`, then, once per optimizer step (after the last micro-batch's backward and the
         gradients' all-reduce), the penalty's gradient added in place: it is the same on every process."""
         loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.accelerator.sync_gradients and self.forget_rows is not None and self.accelerator.num_processes > 1:
+            grad = self.forget_rows.weight.grad  # not a DDP parameter: averaged over processes here
+            self.forget_rows.weight.grad = self.accelerator.reduce(grad, reduction="mean")
         if self.accelerator.sync_gradients:
             scaler = self.accelerator.scaler
             scale = scaler.get_scale() if scaler is not None and scaler.is_enabled() else 1.0
@@ -399,6 +460,10 @@ class PBUTrainer(Trainer):
             logger.error(str(err))
             self.stopped_at_step = None
             output = TrainOutput(self.state.global_step, float("nan"), {"non_finite_loss": 1.0})
+        finally:  # the trained model leaves without the feature hooks of forget_level "head"/"features"
+            for capture in self._captures.values():
+                capture.remove()
+            self._captures = {}
         output.metrics.update(fisher_seconds=self.fisher_seconds, stop_check_seconds=self.stop_check_seconds)
         self.unlearning_results = UnlearningResults(
             forget_classes=self._forget_class_ids(),

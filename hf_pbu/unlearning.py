@@ -64,7 +64,8 @@ def unlearn(
     results. The trainer is built first so that both measurements run on the training device, with its
     accelerator; the "before" one also checks, before the Fisher is computed, that the model recognises the class
     it is asked to forget. Then, on the main process, the evidence (`hf_pbu.evidence.collect_evidence`: the
-    per-class chart in `output_dir` and, with `config.evidence`, the probe and the relearn attack). `trainer_kwargs`
+    per-class chart in `output_dir`, the head attacks and, with `config.evidence`, the probe and the fine-tune relearn
+    attack), on the original model and the unlearned one. `trainer_kwargs`
     go to `PBUTrainer` (e.g. `base_model_id`, `class_names`).
     """
     trainer = PBUTrainer(model=model, args=config, train_dataset=splits["forget_train"],
@@ -77,7 +78,7 @@ def unlearn(
     before, outputs_before = measure_now()
     check_model_knows_forget_classes(before, num_classes(trainer.model))
     model = trainer.accelerator.unwrap_model(trainer.model)
-    original = copy.deepcopy(model) if config.evidence and trainer.is_world_process_zero() else None
+    original = copy.deepcopy(model) if trainer.is_world_process_zero() else None  # the attacks' "before" model
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     after, outputs_after = measure_now()
     results = dataclasses.replace(trainer.unlearning_results, before=before, after=after, eval_split=eval_split)

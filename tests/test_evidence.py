@@ -16,13 +16,16 @@ from hf_pbu.evidence import (
     collect_evidence,
     forget_confusion,
     head_linear,
+    head_relearn_attack,
     linear_probe,
     penultimate_features,
     per_class_accuracy,
     plot_per_class_accuracy,
+    prototype_attack,
     relearn_attack,
     relearn_set,
 )
+from hf_pbu.head_attacks import check_head_reads_features, reset_forget_head
 from hf_pbu.models import classifier_logits
 
 CLASSES, FORGET = 5, 3
@@ -258,15 +261,13 @@ def test_plot_per_class_accuracy_names_the_missing_package(tmp_path, monkeypatch
 
 
 def test_head_reset_gives_the_forget_class_an_average_bias_or_row(digits):
-    from hf_pbu.evidence import _reset_forget_head
-
     model = copy.deepcopy(digits["masked"])
     others = [c for c in range(CLASSES) if c != FORGET]
-    value = _reset_forget_head(model, [FORGET], "bias")
+    value = reset_forget_head(model.head, [FORGET], "bias")
     assert value == pytest.approx(digits["masked"].head.bias[others].mean().item())
     assert model.head.bias[FORGET].item() == pytest.approx(value)
     torch.testing.assert_close(model.head.weight, digits["masked"].head.weight)  # the row is kept
-    _reset_forget_head(model, [FORGET], "row")
+    reset_forget_head(model.head, [FORGET], "row")
     torch.testing.assert_close(model.head.weight[FORGET], model.head.weight[others].mean(0))
 
 
@@ -291,5 +292,61 @@ def test_collect_evidence_writes_the_chart_and_compares_original_with_unlearned(
         assert evidence["relearn_attack"][k]["after"]["forget_test_accuracy"] > 70.0
     assert evidence["linear_probe"]["after"]["balanced_accuracy"] == evidence["linear_probe"]["before"][
         "balanced_accuracy"]  # masking a logit leaves the features as they were
-    without = collect_evidence(None, digits["masked"], digits, outputs, [FORGET], names, None, attacks=False)
-    assert "relearn_attack" not in without and "chart" not in without and without["per_class_accuracy"]
+    for attack in ("prototype_attack", "head_relearn_attack"):
+        assert evidence[attack]["after"]["forget_test_accuracy"] > 70.0, evidence[attack]
+        assert evidence[attack]["before"]["forget_test_accuracy_before"] > 80.0
+    without = collect_evidence(digits["original"], digits["masked"], digits, outputs, [FORGET], names, None,
+                               attacks=False)
+    assert "relearn_attack" not in without and "linear_probe" not in without and "chart" not in without
+    assert without["per_class_accuracy"] and without["prototype_attack"] == evidence["prototype_attack"]
+
+
+def test_prototype_attack_restores_a_masked_class_and_not_one_a_model_never_learnt(digits):
+    """The prototype row (mean feature of 5 images) brings back what the features hold: nearly all of the class on the
+    masked original, chance on features that carry nothing, and in between on the oracle, whose features, learnt on
+    the other digits, still set part of the class apart (which is why attacks are read against the oracle)."""
+    images = relearn_set(digits["forget_train"], digits["retain_train"], k=10, seed=0)
+    tests = (digits["forget_test"], digits["retain_test"])
+    masked = prototype_attack(digits["masked"], images, *tests)
+    assert masked["forget_test_accuracy_before"] == 0.0 and masked["images"] == 5
+    assert masked["forget_test_accuracy"] > 70.0, masked
+    assert masked["retain_test_accuracy"] > 70.0, masked
+    assert digits["masked"].head.bias[FORGET].item() == -1e4  # the model given is not changed
+    oracle = prototype_attack(digits["oracle"], images, *tests)
+    assert oracle["forget_test_accuracy"] < masked["forget_test_accuracy"] - 20.0, (oracle, masked)
+    noise = prototype_attack(NoiseFeatures(), images, *tests)
+    assert noise["forget_test_accuracy"] < 100.0 / CLASSES + 20.0, noise
+    three = prototype_attack(digits["masked"], images, *tests, count=3)
+    assert three["images"] == 3 and three != masked
+
+
+def test_head_relearn_attack_restores_a_masked_class_and_not_one_a_model_never_learnt(digits):
+    relearn = relearn_set(digits["forget_train"], digits["retain_train"], k=10, seed=0)
+    tests = (digits["forget_test"], digits["retain_test"])
+    masked = head_relearn_attack(digits["masked"], relearn, *tests, seed=0)
+    assert masked["forget_test_accuracy_before"] == 0.0 and masked["k"] == 10
+    assert masked["forget_test_accuracy"] > 70.0, masked
+    oracle = head_relearn_attack(digits["oracle"], relearn, *tests, seed=0)
+    assert oracle["forget_test_accuracy"] < masked["forget_test_accuracy"] - 40.0, (oracle, masked)
+    assert head_relearn_attack(digits["masked"], relearn, *tests, seed=0) == masked  # deterministic
+    # The head is what trains: a bigger budget moves the oracle's head towards the class.
+    stronger = head_relearn_attack(digits["oracle"], relearn, *tests, seed=0, learning_rate=3e-2, steps=300)
+    assert stronger["forget_test_accuracy"] > oracle["forget_test_accuracy"] + 20.0, (stronger, oracle)
+
+
+class DoubledLogits(nn.Module):
+    """A model that post-processes its head's output: the head alone no longer gives its logits."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+        self.head = inner.head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * self.inner(x)
+
+
+def test_head_attacks_check_that_the_head_gives_the_logits(digits):
+    check_head_reads_features(digits["original"], digits["forget_test"])
+    with pytest.raises(ValueError, match="does not give the model's logits"):
+        check_head_reads_features(DoubledLogits(digits["original"]), digits["forget_test"])

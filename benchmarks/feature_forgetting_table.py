@@ -1,0 +1,140 @@
+"""The table and plot of `feature_forgetting.py`: each method against the retrain oracle, over every cell measured.
+
+For each attack, the forget-test accuracy after it (mean over cells), the share of the original-to-oracle distance the
+method closes ((original - method) / (original - oracle), per cell, over the cells where the oracle is at least
+`MIN_DISTANCE` points below the original), and how many cells are within the oracle + 10 points.
+"""
+
+from collections import defaultdict
+
+import numpy as np
+
+ATTACKS = {"relearn": "fine-tune relearn k=10", "head_relearn": "head-only relearn k=10", "prototype": "prototype"}
+# Below this distance (points) between the original and the oracle, the share closed is not defined for a cell.
+MIN_DISTANCE = 5.0
+TOLERANCE = 10.0  # "within oracle + 10 points"
+
+
+def setting_label(setting: dict) -> str:
+    """A PBU setting in a table row: its forget term and level, then what differs from the defaults."""
+    from hf_pbu import PBUConfig
+
+    defaults = PBUConfig(output_dir="unused")
+    head = [setting["forget_loss"], setting.get("forget_level", "output")]
+    changed = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in setting.items()
+               if k not in ("forget_loss", "forget_level") and v != getattr(defaults, k, v)]
+    return " ".join(head + changed)
+
+
+def _rows(results: dict) -> tuple[dict, dict, dict]:
+    """(references by (model, cell), PBU records by label and cell, the labels in order of first appearance)."""
+    references, methods = {}, defaultdict(lambda: defaultdict(list))
+    for record in results["records"]:
+        if record["model"] == "pbu":
+            methods[setting_label(record["setting"])][record["cell"]].append(record)
+        else:
+            references[(record["model"], record["cell"])] = record
+    return references, methods
+
+
+def _summary(records_by_cell: dict, references: dict) -> dict | None:
+    cells = [c for c in records_by_cell if ("oracle", c) in references and ("original", c) in references]
+    if not cells:
+        return None
+    row = {"cells": len(cells), "seeds": max(len(records_by_cell[c]) for c in cells)}
+
+    def mean(key, c):
+        return float(np.mean([r[key] for r in records_by_cell[c]]))
+
+    def attack(name, c):
+        return float(np.mean([r["attacks"][name] for r in records_by_cell[c]]))
+
+    gaps = [mean("retain_test_accuracy", c) - references[("oracle", c)]["retain_test_accuracy"] for c in cells]
+    row.update(a_df=np.mean([mean("forget_test_accuracy", c) for c in cells]),
+               a_df_max=max(mean("forget_test_accuracy", c) for c in cells),
+               gap=np.mean(gaps), worst_gap=min(gaps), below_3=sum(g < -3 for g in gaps))
+    for name in ATTACKS:
+        values = [attack(name, c) for c in cells]
+        oracle = [references[("oracle", c)]["attacks"][name] for c in cells]
+        original = [references[("original", c)]["attacks"][name] for c in cells]
+        shares = [(o - v) / (o - r) for v, r, o in zip(values, oracle, original) if o - r >= MIN_DISTANCE]
+        row[name] = np.mean(values)
+        row[f"{name}_closed"] = 100 * np.mean(shares) if shares else float("nan")
+        row[f"{name}_within"] = sum(v <= r + TOLERANCE for v, r in zip(values, oracle))
+    seconds = [mean("seconds", c) for c in cells if "seconds" in records_by_cell[c][0]]
+    retrain = [references[("oracle", c)]["seconds"] for c in cells]
+    if seconds:
+        row["seconds"] = np.mean(seconds)
+        row["time_ratio"] = np.mean([s / r for s, r in zip(seconds, retrain)])
+        row["steps"] = np.mean([mean("steps", c) for c in cells])
+    return row
+
+
+def summaries(results: dict) -> dict[str, dict]:
+    """label -> summary row, for the references (as one-record methods) and every PBU setting."""
+    references, methods = _rows(results)
+    rows = {}
+    for name in ("oracle", "mask_logits", "original"):
+        by_cell = {c: [r] for (model, c), r in references.items() if model == name}
+        summary = _summary(by_cell, references)
+        if summary:
+            rows[name] = summary
+    for label, by_cell in methods.items():
+        summary = _summary(by_cell, references)
+        if summary:
+            rows[f"PBU {label}"] = summary
+    return rows
+
+
+def print_table(results: dict, plot_path: str | None, title: str) -> None:
+    rows = summaries(results)
+    header = ["method", "cells", "seeds", "mean A_Df", "max A_Df", "A_Dr gap", "worst gap", "< −3"]
+    for name in ATTACKS:
+        header += [f"{ATTACKS[name]} (closed %, ≤ oracle+10)"]
+    header += ["steps", "time (s)", "time / retrain"]
+    print(f"### {title}\n")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for label, row in rows.items():
+        cells = [label, str(row["cells"]), str(row["seeds"]), f"{row['a_df']:.1f}", f"{row['a_df_max']:.1f}",
+                 f"{row['gap']:+.2f}", f"{row['worst_gap']:+.1f}", str(row["below_3"])]
+        for name in ATTACKS:
+            closed = row[f"{name}_closed"]
+            cells.append(f"{row[name]:.1f} ({'n/a' if np.isnan(closed) else f'{closed:.0f}'}, "
+                         f"{row[f'{name}_within']}/{row['cells']})")
+        if "seconds" in row:
+            cells += [f"{row['steps']:.0f}", f"{row['seconds']:.0f}", f"{row['time_ratio']:.2f}"]
+        else:
+            cells += ["", "", ""]
+        print("| " + " | ".join(cells) + " |")
+    print("\nProduced by:\n\n" + "\n".join(f"    {c}" for c in results["commands"]))
+    if plot_path:
+        plot(rows, plot_path, title)
+
+
+def plot(rows: dict[str, dict], path: str, title: str) -> None:
+    """One panel per attack (forget-test accuracy after it, mean over cells) and one of the A_Dr gap."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(rows)
+    figure, axes = plt.subplots(1, 4, figsize=(16, 0.45 * len(labels) + 1.8), sharey=True)
+    y = np.arange(len(labels))
+    for axis, name in zip(axes, ATTACKS):
+        axis.barh(y, [rows[label][name] for label in labels], color="#1f4e96")
+        axis.axvline(rows["oracle"][name], color="#2ca02c", linestyle="--", label="oracle")
+        axis.axvline(rows["oracle"][name] + TOLERANCE, color="#2ca02c", linestyle=":", label="oracle + 10")
+        axis.set_title(f"{ATTACKS[name]}:\nforget-test accuracy after (%)", fontsize=9)
+        axis.set_xlim(0, 100)
+    axes[0].legend(fontsize=7, loc="lower right")
+    axes[-1].barh(y, [rows[label]["gap"] for label in labels], color="#d62728")
+    axes[-1].axvline(-1, color="grey", linestyle="--")
+    axes[-1].set_title("A_Dr − oracle A_Dr (points)", fontsize=9)
+    axes[0].set_yticks(y, labels, fontsize=7)
+    axes[0].invert_yaxis()
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
