@@ -2,6 +2,8 @@
 
 from dataclasses import dataclass, field
 
+from .argument_checks import DATA_RULES, check_numbers
+
 
 @dataclass
 class ModelArguments:
@@ -66,3 +68,6 @@ class DataArguments:
         default=1000,
         metadata={"help": "Retained training images sampled as the members of the membership-inference attack."},
     )
+
+    def __post_init__(self):
+        check_numbers(self, DATA_RULES)  # before any work, like `PBUConfig`'s

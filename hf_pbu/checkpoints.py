@@ -1,5 +1,9 @@
-"""The signature of an unlearning run, saved in each of its checkpoints, so that a checkpoint resumes only the run
-that wrote it.
+"""A run's checkpoints: written whole or not at all, resumed only when complete and written by the same run.
+
+A checkpoint is written into the output folder's staging area and renamed to `checkpoint-N` once complete, with
+`MANIFEST_FILE` (the size of every file) and, last, `SIGNATURE_FILE` (the run's signature): a kill or a full disk
+while it is written leaves no `checkpoint-N` at all, and a folder without both files, or whose files do not have
+their recorded sizes (copied in part, or left by another tool), is reported as incomplete and never resumed.
 
 A checkpoint holds the unlearned weights and the optimizer, not theta* nor the Fisher: those are rebuilt from the
 source model on resume. Resuming another run's checkpoint (another model, other forget classes, another
@@ -8,18 +12,23 @@ objective) would silently mix two runs, the weights of one anchored to the other
 
 import json
 import os
+import re
+import shutil
 
 from torch import nn
 from torch.utils.data import Dataset
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
+from .atomic import fsync_folder, fsync_tree, remove_work_dir_if_empty, work_dir
 from .config import PBUConfig
 from .fisher import dataset_fingerprint, model_fingerprint
 
 logger = logging.get_logger(__name__)
 
 SIGNATURE_FILE = "pbu_run.json"
+MANIFEST_FILE = "pbu_checkpoint.json"
+CHECKPOINT_PATTERN = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 # The fields of `PBUConfig` that define the objective (and so theta*'s weights w = beta * F + gamma).
 OBJECTIVE_FIELDS = ("alpha", "beta", "gamma", "fisher_estimator", "fisher_mc_samples", "fisher_top_mass",
                     "freeze_batchnorm", "forget_loss", "npo_tau", "distill_weight", "forget_level",
@@ -47,22 +56,72 @@ def write_signature(folder: str, signature: dict) -> None:
         json.dump(signature, f, indent=2, sort_keys=True)
 
 
-def checkpoint_to_resume(resume_from_checkpoint: str | bool | None, output_dir: str) -> str | None:
-    """The folder `Trainer.train(resume_from_checkpoint=...)` will load: a path, or the last checkpoint of
-    `output_dir` for True."""
-    if isinstance(resume_from_checkpoint, str):
-        return resume_from_checkpoint
-    if resume_from_checkpoint and os.path.isdir(output_dir):
-        return get_last_checkpoint(output_dir)
+def checkpoint_problem(folder: str) -> str | None:
+    """Why `folder` is not a complete checkpoint of a PBU run; None when it is one."""
+    if not os.path.isdir(folder):
+        return "it is not a folder"
+    for name in (MANIFEST_FILE, SIGNATURE_FILE):
+        if not os.path.isfile(os.path.join(folder, name)):
+            return f"it has no {name}: it was interrupted while being written, or was not written by hf_pbu"
+    try:
+        with open(os.path.join(folder, SIGNATURE_FILE)) as f:
+            json.load(f)
+        with open(os.path.join(folder, MANIFEST_FILE)) as f:
+            files = json.load(f)["files"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"its {SIGNATURE_FILE} or {MANIFEST_FILE} cannot be read ({type(err).__name__}: {err})"
+    for name, size in files.items():
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            return f"{name} is missing"
+        if os.path.getsize(path) != size:
+            return f"{name} holds {os.path.getsize(path)} bytes where {size} were written"
     return None
+
+
+def checkpoints_by_step(output_dir: str) -> list[tuple[int, str]]:
+    """The `checkpoint-N` folders of `output_dir`, by increasing N."""
+    if not os.path.isdir(output_dir):
+        return []
+    found = [(CHECKPOINT_PATTERN.match(name), os.path.join(output_dir, name)) for name in os.listdir(output_dir)]
+    return sorted((int(match[1]), path) for match, path in found if match and os.path.isdir(path))
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The complete checkpoint of `output_dir` with the most steps; newer incomplete ones are reported, skipped."""
+    for _, path in reversed(checkpoints_by_step(output_dir)):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        logger.warning(f"Skipping {path}: it is not a complete checkpoint ({problem}).")
+    return None
+
+
+def checkpoint_to_resume(resume_from_checkpoint: str | bool | None, output_dir: str) -> str | None:
+    """The folder `Trainer.train(resume_from_checkpoint=...)` will load: a path, which must be a complete
+    checkpoint, or, for True, the last complete checkpoint of `output_dir`."""
+    if isinstance(resume_from_checkpoint, str):
+        problem = checkpoint_problem(resume_from_checkpoint)
+        if problem is not None:
+            raise ValueError(f"Cannot resume {resume_from_checkpoint}: {problem}. Pass a complete checkpoint-N "
+                             "folder written by this run to --resume_from_checkpoint, or leave it out to start afresh.")
+        return resume_from_checkpoint
+    if not resume_from_checkpoint:
+        return None
+    last = last_complete_checkpoint(output_dir)
+    if last is None:
+        raise ValueError(f"No complete checkpoint to resume in {output_dir}.")
+    return last
 
 
 def check_resumable(checkpoint: str, signature: dict, output_dir: str) -> None:
     """Refuse to resume `checkpoint` unless the run that wrote it had this `signature`."""
     path = os.path.join(checkpoint, SIGNATURE_FILE)
     if not os.path.exists(path):
-        logger.warning(f"{checkpoint} has no {SIGNATURE_FILE}: cannot check that it comes from this run; resuming.")
-        return
+        raise ValueError(
+            f"Cannot resume {checkpoint}: it has no {SIGNATURE_FILE}, so nothing shows that this run wrote it. To "
+            f"start afresh, use another --output_dir or delete the checkpoint-* folders in {output_dir}."
+        )
     with open(path) as f:
         saved = json.load(f)
     # A JSON round trip, so that tuples and lists (and other JSON spellings) compare alike.
@@ -79,3 +138,53 @@ def check_resumable(checkpoint: str, signature: dict, output_dir: str) -> None:
             f"another --output_dir or delete the checkpoint-* folders in {output_dir}; to resume it, rerun with the "
             "checkpoint's settings."
         )
+
+
+def staging_folder(output_dir: str) -> str:
+    """Where checkpoints are written before they are complete (`Trainer` writes `checkpoint-N` under it)."""
+    return work_dir(output_dir)
+
+
+def clear_staged_checkpoint(output_dir: str, step: int) -> str:
+    """An empty staging folder for checkpoint `step` (a kill may have left one behind)."""
+    staged = os.path.join(staging_folder(output_dir), f"{PREFIX_CHECKPOINT_DIR}-{step}")
+    shutil.rmtree(staged, ignore_errors=True)
+    return staged
+
+
+def publish_checkpoint(staged: str, output_dir: str, signature: dict, save_total_limit: int | None) -> str:
+    """Seal the checkpoint written in `staged` (its files' sizes, then the run's signature), rename it into
+    `output_dir`, then remove the checkpoints beyond `save_total_limit`; returns its final path."""
+    files = {}
+    for root, _, names in os.walk(staged):
+        for name in names:
+            path = os.path.join(root, name)
+            files[os.path.relpath(path, staged)] = os.path.getsize(path)
+    with open(os.path.join(staged, MANIFEST_FILE), "w") as f:
+        json.dump({"files": files}, f, indent=2, sort_keys=True)
+    write_signature(staged, signature)
+    fsync_tree(staged)
+    final = os.path.join(output_dir, os.path.basename(staged))
+    if os.path.exists(final):  # an incomplete one (or an earlier run's) at the same step
+        logger.warning(f"Replacing {final} ({checkpoint_problem(final) or 'a checkpoint of the same step'}).")
+        shutil.rmtree(final)
+    os.rename(staged, final)
+    fsync_folder(output_dir)
+    rotate_checkpoints(output_dir, save_total_limit)
+    remove_work_dir_if_empty(output_dir)
+    return final
+
+
+def rotate_checkpoints(output_dir: str, save_total_limit: int | None) -> None:
+    """Keep the newest `save_total_limit` complete checkpoints (all when it is None or 0) and remove the others,
+    with any incomplete checkpoint older than the newest complete one: only once a newer checkpoint is complete."""
+    found = checkpoints_by_step(output_dir)
+    complete = [path for _, path in found if checkpoint_problem(path) is None]
+    if not complete:
+        return
+    keep = set(complete[-save_total_limit:] if save_total_limit else complete)
+    newest = max(step for step, path in found if path in keep)
+    for step, path in found:
+        if path not in keep and (path in complete or step < newest):
+            logger.info(f"Deleting older checkpoint {path} (save_total_limit={save_total_limit}).")
+            shutil.rmtree(path, ignore_errors=True)

@@ -8,6 +8,7 @@ from typing import Literal
 from transformers import TrainingArguments
 from transformers.utils import strtobool
 
+from .argument_checks import check_numeric_arguments
 from .fisher import ESTIMATORS
 from .forget_losses import FORGET_LOSSES, build_forget_loss
 
@@ -33,10 +34,15 @@ class PBUConfig(TrainingArguments):
     (5e-5, measured: benchmarks/RESULTS.md). The number of epochs sets an upper bound on optimizer steps, counted as
     for one process whatever the number of processes (`step_budget`): the run stops as soon as the forget accuracy
     drops to `stop_forget_accuracy`.
+
+    Every number is checked when the arguments are built (`hf_pbu.argument_checks`): finite and in its range, with
+    one `ValueError` naming the flag, so that `alpha=nan` or `learning_rate=0` never reaches a run.
     """
 
     alpha: float = field(
-        default=721.0, metadata={"help": "Weight of the forget term (the negative cross-entropy by default)."}
+        default=721.0,
+        metadata={"help": "Weight of the forget term (the negative cross-entropy by default); > 0, since with 0 "
+                  "nothing is unlearned."},
     )
     forget_loss: str = field(
         default="complement+distill",
@@ -237,25 +243,16 @@ class PBUConfig(TrainingArguments):
 
     def __post_init__(self):
         refuse_sharded_training(self)
+        check_numeric_arguments(self)  # every number finite and in range, before `TrainingArguments` uses them
         super().__post_init__()
         if self.fisher_estimator not in FISHER_ESTIMATOR_CHOICES:
             choices = ", ".join(map(repr, FISHER_ESTIMATOR_CHOICES))
             raise ValueError(f"fisher_estimator={self.fisher_estimator!r} is not one of {choices}.")
-        if self.fisher_mc_samples < 1:
-            raise ValueError("fisher_mc_samples must be at least 1.")
         build_forget_loss(self.forget_loss, self.npo_tau, self.distill_weight)  # raises on an unknown name
-        if self.npo_tau <= 0 or self.distill_weight < 0:
-            raise ValueError("npo_tau must be positive and distill_weight non-negative.")
         if self.forget_level not in FORGET_LEVELS:
             raise ValueError(f"forget_level={self.forget_level!r} is not one of {', '.join(map(repr, FORGET_LEVELS))}.")
         if self.stop_rule not in ("auto", "forget_accuracy", "plateau"):
             raise ValueError(f"stop_rule={self.stop_rule!r} is not one of 'auto', 'forget_accuracy', 'plateau'.")
-        if self.stop_plateau_patience < 1:
-            raise ValueError("stop_plateau_patience must be at least 1.")
-        if not 0 <= self.stop_trigger_accuracy <= 100:
-            raise ValueError("stop_trigger_accuracy is a percentage, between 0 and 100.")
-        if min(self.alpha, self.beta, self.gamma) < 0:
-            raise ValueError("alpha, beta and gamma must be non-negative.")
 
     @property
     def resolved_stop_rule(self) -> str:

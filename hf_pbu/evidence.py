@@ -29,7 +29,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 from transformers.utils import logging
 
+from .atomic import atomic_file
 from .data import seeded_indices
+from .escaping import chart_label
 from .evaluation import accuracy, accuracy_of, predictions
 from .features import _device, _unwrap, dataset_features, dataset_labels, penultimate_features
 from .head_attacks import (
@@ -292,7 +294,8 @@ def plot_per_class_accuracy(
 ) -> str:
     """Write a PNG bar chart of each class's accuracy before and after, the forget classes highlighted; returns
     `path`. With more than `max_classes` classes it shows the forget classes and the classes whose accuracy
-    changed most, so that the chart stays readable for ImageNet-size heads."""
+    changed most, so that the chart stays readable for ImageNet-size heads. Class names are drawn as plain text
+    (no mathtext or TeX: a `$` or `^` in a name is a character), and the file is written whole or not at all."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -321,8 +324,8 @@ def plot_per_class_accuracy(
     for i, c in enumerate(shown):
         if c in forget:
             axes.axvspan(i - 0.5, i + 0.5, color="#d62728", alpha=0.08, linewidth=0)
-    axes.set_xticks(x, [str(names[c]) for c in shown], rotation=45 if len(shown) > 8 else 0, ha="right"
-                    if len(shown) > 8 else "center")
+    axes.set_xticks(x, [chart_label(names[c]) for c in shown], rotation=45 if len(shown) > 8 else 0, ha="right"
+                    if len(shown) > 8 else "center", parse_math=False, usetex=False)
     for label, c in zip(axes.get_xticklabels(), shown):
         if c in forget:
             label.set_color("#d62728")
@@ -336,7 +339,8 @@ def plot_per_class_accuracy(
                Patch(color="#d62728", label="after (forgotten class)")]
     axes.legend(handles=handles, loc="upper center", ncol=3, fontsize=8, frameon=False)
     figure.tight_layout()
-    figure.savefig(path, format="png", dpi=100)
+    with atomic_file(path, "wb") as f:
+        figure.savefig(f, format="png", dpi=100)
     return path
 
 

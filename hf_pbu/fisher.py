@@ -29,12 +29,12 @@ import torch
 from accelerate import PartialState
 from accelerate.utils import reduce
 from huggingface_hub import cached_assets_path
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.func import functional_call, vjp, vmap
 from transformers.utils import logging
 
 from .distributed import is_main_process
+from .fisher_cache import PartialSums, load_checked, save_checked
 from .fisher_layers import PENDING_BUDGET_BYTES, batch_coupling_modules, per_image_bytes, squared_gradient_sums
 from .models import classifier_logits, eval_mode
 
@@ -315,26 +315,6 @@ class _BatchFisher:
         return _squared_vjps_looped(self.model, params, images, directions)
 
 
-def _load_partial(path: str | None, state: dict[str, torch.Tensor]) -> int:
-    """Load a partial Fisher saved by `_save_partial` into `state`; returns the number of batches it holds."""
-    if path is None or not os.path.exists(path):
-        return 0
-    saved = load_file(path)
-    for key, value in state.items():
-        value.copy_(saved[key])
-    logger.info(f"Resuming the Fisher from {path} after {int(saved['batches'])} batches.")
-    return int(saved["batches"])
-
-
-def _save_partial(path: str, state: dict[str, torch.Tensor], batches: int) -> None:
-    """Write this rank's running sums (atomically: an interruption leaves the previous file intact)."""
-    tensors = {key: value.detach().cpu().contiguous() for key, value in state.items()}
-    tensors["batches"] = torch.tensor(batches)
-    temporary = f"{path}.{os.getpid()}.tmp"
-    save_file(tensors, temporary)
-    os.replace(temporary, path)
-
-
 def compute_fisher_diagonal(
     model: nn.Module,
     dataloader: Iterable,
@@ -345,7 +325,7 @@ def compute_fisher_diagonal(
     top_mass: float | None = None,
     memory_budget_bytes: int | None = None,
     autocast: Callable[[], AbstractContextManager] = nullcontext,
-    partial_path: str | None = None,
+    partial_path: str | PartialSums | None = None,
     checkpoint_seconds: float = 300.0,
 ) -> dict[str, torch.Tensor]:
     """Diagonal Fisher of `model` on the images of `dataloader`, keyed by `named_parameters()` names.
@@ -362,8 +342,9 @@ def compute_fisher_diagonal(
 
     `memory_budget_bytes` sizes the chunks of images that run at once (None: `memory_budget`'s default for the
     device). `autocast` makes the context the forward passes run in (e.g. the run's bf16 autocast); the sums stay
-    fp32. With `partial_path`, this rank's running sums are saved there at most every `checkpoint_seconds`, and a
-    run that finds the file resumes after the batches it holds (same data, batch size and process count).
+    fp32. With `partial_path` (a path, or a `PartialSums`), this rank's running sums are saved there at most every
+    `checkpoint_seconds`, and a run that finds a sound file resumes after the batches it holds (same data, batch size
+    and process count); a file that is not sound is set aside with a warning and the Fisher starts afresh.
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"Unknown Fisher estimator {estimator!r}; choose one of {ESTIMATORS}.")
@@ -379,7 +360,8 @@ def compute_fisher_diagonal(
     generator_state = generator.get_state()
     state = {**{f"sum.{name}": value for name, value in sums.items()}, "count": count,
              "uncovered_sum": uncovered_sum, "uncovered_max": uncovered_max, "generator": generator_state}
-    done = _load_partial(partial_path, state)
+    partial = PartialSums(partial_path) if isinstance(partial_path, str) else partial_path
+    done = partial.load_into(state) if partial is not None else 0
     generator.set_state(generator_state)
     last_save = time.monotonic()
     with eval_mode(model):
@@ -403,9 +385,9 @@ def compute_fisher_diagonal(
             for name, value in batch_fisher(images, directions_of).items():
                 sums[name] += value.float()
             count += images.shape[0]
-            if partial_path is not None and time.monotonic() - last_save >= checkpoint_seconds:
+            if partial is not None and time.monotonic() - last_save >= checkpoint_seconds:
                 generator_state.copy_(generator.get_state())
-                _save_partial(partial_path, state, index + 1)
+                partial.save(state, index + 1)
                 last_save = time.monotonic()
     totals = reduce({"sums": sums, "count": count, "uncovered_sum": uncovered_sum}, reduction="sum")
     total_count = totals["count"].item()
@@ -461,6 +443,26 @@ def fisher_cache_path(
     return os.path.join(cache_dir, f"fisher-{key.hexdigest()[:32]}.safetensors")
 
 
+def fisher_partial_path(cache_path: str, batch_size: int | None) -> str:
+    """Where this rank keeps the running sums of the Fisher cached at `cache_path` while it is computed (they
+    resume only the same batch size and process count)."""
+    state = PartialState()
+    return cache_path.replace(
+        ".safetensors", f".partial-b{batch_size}-{state.process_index}-of-{state.num_processes}.safetensors"
+    )
+
+
+def check_fisher_is_finite(fisher: dict[str, torch.Tensor]) -> None:
+    """Refuse a Fisher with NaN or infinite entries, before it weighs the penalty or enters the cache."""
+    bad = [name for name, value in fisher.items() if not torch.isfinite(value).all()]
+    if bad:
+        raise ValueError(
+            f"The Fisher computed on the forget data is not finite in {len(bad)} parameter(s) ({', '.join(bad[:3])}): "
+            "the model's outputs or gradients are not finite on some forget images. Check the model's weights and "
+            "the images (a NaN or infinite pixel); under fp16 mixed precision, try bf16 or fp32."
+        )
+
+
 def load_or_compute_fisher(
     model: nn.Module,
     dataset,
@@ -472,39 +474,43 @@ def load_or_compute_fisher(
     top_mass: float | None = None,
     memory_budget_bytes: int | None = None,
     autocast: Callable[[], AbstractContextManager] = nullcontext,
-) -> tuple[dict[str, torch.Tensor], float]:
+) -> tuple[dict[str, torch.Tensor], float, str]:
     """The Fisher from `cache_dir` when this model and data were seen before, else computed (and cached).
 
-    While it is computed, each rank keeps its running sums in a partial file beside the cache entry (keyed by the
-    batch size and the process count too), so that an interrupted run resumes where it stopped.
-    Returns the Fisher and the seconds spent computing it (0 when read from the cache).
+    A cache file is used only if it is sound (`hf_pbu.fisher_cache`: shapes, finite, non-negative, checksum); a bad
+    one is set aside with a warning and the Fisher computed again. While it is computed, each rank keeps its running
+    sums in a partial file beside the cache entry (keyed by the batch size and the process count too), so that an
+    interrupted run resumes where it stopped. Returns the Fisher, the seconds its computation took (for a cached
+    one, as recorded when it was computed; for a resumed one, including the part before the interruption) and where
+    it came from: "computed", "resumed" or "cached".
     """
     path = None if cache_dir is None else fisher_cache_path(
         cache_dir, model, dataset, estimator, mc_samples, seed, top_mass
     )
-    if path is not None and os.path.exists(path):
+    shapes = {name: tuple(p.shape) for name, p in model.named_parameters() if p.requires_grad}
+    cached = None if path is None else load_checked(path, shapes, "Fisher cache file")
+    if cached is not None:
         logger.info(f"Loading the Fisher diagonal from the cache {path}")
         device = next(model.parameters()).device
-        return {name: t.to(device) for name, t in load_file(path).items()}, 0.0
+        fisher, seconds = cached
+        return {name: t.to(device) for name, t in fisher.items()}, seconds, "cached"
     dataloader = make_dataloader()
     partial = None
     if path is not None:
         os.makedirs(cache_dir, exist_ok=True)
-        state = PartialState()
-        batch_size = getattr(dataloader, "batch_size", None)
-        partial = path.replace(
-            ".safetensors", f".partial-b{batch_size}-{state.process_index}-of-{state.num_processes}.safetensors"
-        )
+        partial = PartialSums(fisher_partial_path(path, getattr(dataloader, "batch_size", None)))
     start = time.perf_counter()
     fisher = compute_fisher_diagonal(
         model, dataloader, estimator, mc_samples, seed, top_mass=top_mass, memory_budget_bytes=memory_budget_bytes,
         autocast=autocast, partial_path=partial,
     )
-    seconds = time.perf_counter() - start
+    seconds = partial.seconds if partial is not None else time.perf_counter() - start
+    check_fisher_is_finite(fisher)
     if path is not None and is_main_process():
-        temporary = f"{path}.{os.getpid()}.tmp"
-        save_file({name: t.contiguous().cpu() for name, t in fisher.items()}, temporary)
-        os.replace(temporary, path)
-    if partial is not None and os.path.exists(partial):
-        os.remove(partial)
-    return fisher, seconds
+        try:
+            save_checked(path, fisher, seconds)
+        except OSError as err:  # the Fisher is computed: a cache that cannot be written costs only the next run
+            logger.warning(f"Could not cache the Fisher: {err}")
+    if partial is not None:
+        partial.remove()
+    return fisher, seconds, "resumed" if partial is not None and partial.resumed else "computed"

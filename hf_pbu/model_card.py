@@ -6,6 +6,7 @@ The card is rendered from the package's template (`hf_pbu/model_cards/unlearned_
 the one caller: the command line and `trainer.push_to_hub()` publish the same card.
 """
 
+import json
 import os
 import platform
 from pathlib import Path
@@ -16,7 +17,9 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers.utils import logging
 
+from .atomic import write_text
 from .config import PBUConfig
+from .escaping import code_span_text, markdown_text
 from .forget_losses import build_forget_loss
 from .models import _specific_names, hub_model_id_of, resolve_model_id
 from .results import Measurement, UnlearningResults
@@ -39,8 +42,14 @@ METRIC_NAMES = {
 
 
 def hub_repo_id(output_dir: str, config: PBUConfig) -> str:
-    """The repository pushed to: `hub_model_id`, else the output folder's name (as `Trainer` does)."""
-    return config.hub_model_id or Path(output_dir).absolute().name
+    """The repository pushed to: `hub_model_id`, else the output folder's real name (as `Trainer` does; `a/b/..`
+    is `a`)."""
+    return config.hub_model_id or folder_name(output_dir)
+
+
+def folder_name(path: str) -> str:
+    """The name of the folder `path` designates, with `.` and `..` resolved (`Path.absolute` keeps them)."""
+    return Path(os.path.abspath(path)).name
 
 
 def base_model_of(model: torch.nn.Module, source: str | None = None) -> tuple[str | None, str | None]:
@@ -92,7 +101,7 @@ def card_dataset(dataset_name: str | None, dataset_dir: str | None) -> tuple[str
     if dataset_dir is None and dataset_name is not None and not os.path.exists(dataset_name):
         return dataset_name, True
     local = dataset_dir or dataset_name
-    return (Path(local).absolute().name if local else None), False
+    return (folder_name(local) if local else None), False
 
 
 def card_datasets(card: ModelCard | None) -> list[str]:
@@ -162,9 +171,26 @@ def evidence_rows(evidence: dict | None) -> list[dict]:
 
 
 def confusion_text(confusion: dict[str, dict[str, float]]) -> dict[str, str]:
-    """{forgotten class: "shirt 61.0%, pullover 20.0%, ..."}: where its test images are predicted."""
-    return {name: ", ".join(f"{predicted} {share:.1f}%" for predicted, share in shares.items()) or "n/a"
+    """{forgotten class: "shirt 61.0%, pullover 20.0%, ..."}: where its test images are predicted, as Markdown
+    table cells (class names escaped: `hf_pbu.escaping.markdown_text`)."""
+    return {markdown_text(name): ", ".join(f"{markdown_text(predicted)} {share:.1f}%"
+                                           for predicted, share in shares.items()) or "n/a"
             for name, shares in confusion.items()}
+
+
+def compute_notes(results: UnlearningResults) -> tuple[str, str]:
+    """What the card's Fisher and unlearning times cover, when not just this process's work."""
+    fisher = {
+        "cached": "read from the cache; the time it took when it was computed",
+        "resumed": "resumed from the partial sums of an interrupted run; the time before the interruption included",
+        "given": "given by the caller, not computed",
+        "not needed": "not computed: beta is 0",
+    }.get(results.fisher_source, "")
+    unlearning = ""
+    if results.resumed_from_step is not None:
+        unlearning = (f"resumed from the checkpoint of step {results.resumed_from_step}; the "
+                      f"{results.resumed_seconds:.1f} s before the interruption included")
+    return fisher, unlearning
 
 
 def eval_results(results: UnlearningResults, dataset_name: str | None, hub_dataset: bool = True) -> list[EvalResult]:
@@ -295,21 +321,24 @@ def write_model_card(
     table, has_retrain = results_table(results)
     names = label_names or []
     forgotten = [
-        {"id": c, "name": names[c].replace("|", "\\|") if 0 <= c < len(names) else "(unnamed)"}
+        {"id": c, "name": markdown_text(names[c]) if 0 <= c < len(names) else "(unnamed)"}
         for c in results.forget_classes
     ]
+    fisher_note, unlearn_note = compute_notes(results)
+    # User data (class, folder, dataset and split names) is escaped for where it lands: text, code span, string.
     card = ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATE_PATH),
-        repo_id=repo_id,
-        title=repo_id.split("/")[-1],
-        base_model_name=base_model_id or base_model_name or "the base model",
+        repo_id=json.dumps(repo_id)[1:-1],
+        title=markdown_text(repo_id.split("/")[-1]),
+        base_model_name=markdown_text(base_model_id) if base_model_id else code_span_text(
+            base_model_name or "the base model"),
         base_model_url=f"https://huggingface.co/{base_model_id}" if base_model_id else None,
         family=family,
         forgotten=forgotten,
         num_classes=len(label_names) if label_names else None,
-        dataset_name=dataset_name,
-        eval_split=results.eval_split or "test",
+        dataset_name=code_span_text(dataset_name) if dataset_name else None,
+        eval_split=code_span_text(results.eval_split or "test"),
         eval_holdout_fraction=results.eval_holdout_fraction,
         forget_train_samples=results.forget_train_samples,
         hyperparameters=hyperparameters(config, results),
@@ -325,9 +354,10 @@ def write_model_card(
         confusion_after=confusion_text((results.evidence or {}).get("forget_confusion", {}).get("after", {})),
         has_mia=any(row["label"].startswith("MIA") for row in table),
         fisher_seconds=f"{results.fisher_seconds:.1f}",
+        fisher_note=fisher_note,
         unlearn_seconds=f"{results.unlearn_seconds:.1f}",
+        unlearn_note=unlearn_note,
         hardware=hardware_description(),
     )
-    os.makedirs(output_dir, exist_ok=True)
-    card.save(os.path.join(output_dir, CARD_FILE))
+    write_text(os.path.join(output_dir, CARD_FILE), str(card))  # whole, or the previous card left as it was
     return card

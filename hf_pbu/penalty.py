@@ -36,6 +36,14 @@ class AnchorPenalty:
         self.weight = torch.cat([weight(name, p).reshape(-1) for name, p in named])
         # Positions (in `names`) and masks of the parameters with free entries, left out of both sums of `value`.
         self._anchored = {i: (~free[name]).to(p.device) for i, (name, p) in enumerate(named) if name in free}
+        if not torch.isfinite(self.anchor).all():
+            raise ValueError("The model's weights are not finite before unlearning: load the model again.")
+        if not all(torch.isfinite(fisher[name]).all() and (fisher[name] >= 0).all() for name in self.names):
+            raise ValueError("The Fisher holds NaN, infinite or negative values: the penalty weights beta * F + gamma "
+                             "would not be finite and non-negative. Compute it again (`fisher=None`).")
+        if not torch.isfinite(self.weight).all():
+            raise ValueError("The penalty weights beta * F + gamma are not finite: the Fisher is too large for this "
+                             "beta.")
         self._anchor_views = list(self.anchors().values())
         self._weight_views = list(self.weights().values())
         self._offset_views = list(self._unflatten(2 * self.weight * self.anchor).values())  # 2 w theta*
@@ -54,6 +62,12 @@ class AnchorPenalty:
         squared = torch.stack(torch._foreach_norm(deltas)).square().sum()
         torch._foreach_mul_(deltas, torch._foreach_sqrt(self._weight_views))
         return torch.stack(torch._foreach_norm(deltas)).square().sum(), squared
+
+    @torch.no_grad()
+    def moved(self, model: nn.Module) -> bool:
+        """Whether any trainable parameter of the unwrapped `model` differs from theta* (exactly, not by a
+        threshold: an update too small for the weights' precision leaves them equal)."""
+        return any(not torch.equal(p.float(), a) for p, a in zip(self._params(model), self._anchor_views))
 
     @torch.no_grad()
     def add_gradient_(self, model: nn.Module, scale: float = 1.0) -> None:

@@ -18,8 +18,9 @@ from .model_card import hub_repo_id
 
 logger = logging.get_logger(__name__)
 
-# Trainer checkpoints and TensorBoard logs are working files, not part of the published model.
-IGNORE_PATTERNS = ["checkpoint*/*", "runs/*"]
+# Trainer checkpoints, TensorBoard logs and hf_pbu's run lock and staging area are working files, not part of the
+# published model.
+IGNORE_PATTERNS = ["checkpoint*/*", "runs/*", ".hf_pbu*"]
 TOKEN_FIX = "log in with `hf auth login` (or `huggingface-cli login`), set HF_TOKEN, or pass `--hub_token`"
 
 

@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from .atomic import write_text
+
 RESULTS_FILE = "unlearning_results.json"
 
 
@@ -42,10 +44,16 @@ class UnlearningResults:
     eval_split: str | None = None
     eval_holdout_fraction: float = 0.0
     fisher_estimator: str | None = None
+    # Seconds the Fisher's computation took, wherever it came from: "computed" in this run, "resumed" from partial
+    # sums (the time before the interruption included), "cached" (as recorded when computed), "given" by the caller
+    # (0), "not needed" (beta = 0).
     fisher_seconds: float = 0.0
+    fisher_source: str = "computed"
     fisher_memory_budget_bytes: int | None = None
     fisher_peak_memory_bytes: int | None = None
-    unlearn_seconds: float = float("nan")
+    unlearn_seconds: float = float("nan")  # after a resume, the time before the checkpoint included
+    resumed_from_step: int | None = None  # the checkpoint's step, when the run resumed one
+    resumed_seconds: float = 0.0  # the part of `unlearn_seconds` spent before that checkpoint
     stop_check_seconds: float = 0.0
     evidence: dict[str, Any] | None = field(default=None)
 
@@ -59,11 +67,10 @@ class UnlearningResults:
         return cls(**{**data, **measured})
 
     def save(self, output_dir: str) -> str:
-        """Write `output_dir/unlearning_results.json`; returns its path."""
-        os.makedirs(output_dir, exist_ok=True)
+        """Write `output_dir/unlearning_results.json` (atomically: whole, or the previous file left as it was);
+        returns its path."""
         path = os.path.join(output_dir, RESULTS_FILE)
-        with open(path, "w") as f:
-            json.dump(self.to_dict(), f, indent=2)
+        write_text(path, json.dumps(self.to_dict(), indent=2))
         return path
 
     @classmethod
@@ -101,6 +108,8 @@ class UnlearningResults:
         for k, attack in (evidence.get("relearn_attack") or {}).items():
             rows.append(f"{f'A_Df after relearn, k={k}':25}{pct(attack['before']['forget_test_accuracy'])}   "
                         f"{pct(attack['after']['forget_test_accuracy'])}")
-        rows.append(f"Fisher: {self.fisher_seconds:.1f} s   unlearning: {self.unlearn_seconds:.1f} s "
-                    f"({self.steps} steps)")
+        fisher_note = {"cached": " (cached)", "resumed": " (resumed)"}.get(self.fisher_source, "")
+        resumed = f", resumed at step {self.resumed_from_step}" if self.resumed_from_step is not None else ""
+        rows.append(f"Fisher: {self.fisher_seconds:.1f} s{fisher_note}   unlearning: {self.unlearn_seconds:.1f} s "
+                    f"({self.steps} steps{resumed})")
         return "\n".join(rows)

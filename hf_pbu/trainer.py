@@ -3,7 +3,7 @@
 import copy
 import dataclasses
 import math
-import os
+import shutil
 import time
 from collections import defaultdict
 
@@ -14,13 +14,23 @@ from timm.models import save_for_hf
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedModel, Trainer, TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
+from transformers.trainer_callback import ExportableState
+from transformers.trainer_utils import TrainOutput
 from transformers.utils import logging
 
-from .checkpoints import check_resumable, checkpoint_to_resume, run_signature, write_signature
+from .atomic import is_write_failure, remove_work_dir_if_empty, staged_files, write_error
+from .checkpoints import (
+    check_resumable,
+    checkpoint_to_resume,
+    clear_staged_checkpoint,
+    publish_checkpoint,
+    run_signature,
+    staging_folder,
+)
 from .config import PBUConfig, refuse_sharded_training
 from .distributed import shard
 from .evaluation import accuracy
+from .failures import NonFiniteLossError, NonFiniteWeightsError, UnchangedWeightsError
 from .fisher import default_fisher_cache_dir, load_or_compute_fisher, memory_budget
 from .forget_losses import ForgetBatch, build_forget_loss
 from .forget_rows import ForgetRows, InputCapture
@@ -33,11 +43,7 @@ from .results import UnlearningResults
 logger = logging.get_logger(__name__)
 
 
-class NonFiniteLossError(RuntimeError):
-    """The PBU loss became NaN or infinite; raised before the optimizer could apply it."""
-
-
-class ForgetStopCallback(TrainerCallback):
+class ForgetStopCallback(TrainerCallback, ExportableState):
     """Ends the run by the trainer's stop rule (`PBUConfig.stop_rule`).
 
     'forget_accuracy' stops once the accuracy on the whole forget set is at or below `args.stop_forget_accuracy`.
@@ -57,6 +63,9 @@ class ForgetStopCallback(TrainerCallback):
     not fall below the best so far by `stop_plateau_tolerance` (relative). The whole forget set's accuracy is then
     measured and logged, with a warning if it is above `stop_forget_accuracy`. Both rules give every process the
     same figures (summed over processes), so they stop together.
+
+    The rules' progress is saved in each checkpoint (`state`) and restored on resume (`restore`), so that a resumed
+    run stops at the step an uninterrupted one would.
     """
 
     def __init__(self, trainer: "PBUTrainer"):
@@ -149,11 +158,27 @@ class ForgetStopCallback(TrainerCallback):
         control.should_training_stop = True
         return True
 
-    def on_save(self, args, state, control, **kwargs):
-        """Each checkpoint carries the run's signature, checked when it is resumed."""
-        if state.is_world_process_zero and self.trainer.run_signature is not None:
-            folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
-            write_signature(folder, self.trainer.run_signature)
+    def state(self) -> dict:
+        """The stop rules' progress and the run's time so far, for a checkpoint's trainer_state.json."""
+        trainer = self.trainer
+        return {"args": {}, "attributes": {
+            "failed_checks": self.failed_checks, "next_check_step": self.next_check_step,
+            "plateau_sums": list(self.plateau_sums), "best_objective": self.best_objective,
+            "stale_windows": self.stale_windows, "plateau_history": list(trainer.plateau_history),
+            "forget_train_accuracy_history": [list(item) for item in trainer.forget_train_accuracy_history],
+            "stop_check_seconds": trainer.stop_check_seconds, "unlearn_seconds": trainer.unlearn_seconds_so_far(),
+        }}
+
+    def restore(self, attributes: dict) -> None:
+        """Carry on from a checkpoint's `state()`."""
+        trainer = self.trainer
+        self.failed_checks, self.next_check_step = attributes["failed_checks"], attributes["next_check_step"]
+        self.plateau_sums, self.best_objective = list(attributes["plateau_sums"]), attributes["best_objective"]
+        self.stale_windows = attributes["stale_windows"]
+        trainer.plateau_history = list(attributes["plateau_history"])
+        trainer.forget_train_accuracy_history = [tuple(item) for item in attributes["forget_train_accuracy_history"]]
+        trainer.stop_check_seconds = attributes["stop_check_seconds"]
+        trainer.resumed_seconds = attributes["unlearn_seconds"]
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.trainer.stopped_at_step is None:
@@ -238,6 +263,7 @@ class PBUTrainer(Trainer):
         self._given_forget_classes = forget_classes
         self._forget_classes: torch.Tensor | None = None
         self.fisher_seconds = 0.0
+        self.fisher_source = "computed"  # or "resumed", "cached", "given", "not needed" (beta = 0): for the card
         self.fisher_estimator: str | None = None  # `args.fisher_estimator` with 'auto' resolved, once computed
         self.fisher_memory: dict[str, int | None] = {}  # budget_bytes, peak_bytes (accelerator only) of the Fisher
         self.run_metadata = run_metadata
@@ -249,11 +275,16 @@ class PBUTrainer(Trainer):
         self.forget_train_accuracy_history: list[tuple[int, float]] = []  # (step, percent) of whole-forget-set checks
         self.plateau_history: list[float] = []  # the plateau rule's objective, one per epoch
         self.stop_check_seconds = 0.0
+        self.resumed_from_step: int | None = None  # the checkpoint's step, when the run resumed one
+        self.resumed_seconds = 0.0  # unlearning time before that checkpoint was written
+        self._train_start: float | None = None
+        self._staging_root: str | None = None  # set while a checkpoint is written (`_save_checkpoint`)
         self.base_model_id = base_model_id
         self.class_names = class_names
         self.unlearning_results: UnlearningResults | None = None  # set by `train`
         self.add_callback(ForgetRowsCallback(self))
-        self.add_callback(ForgetStopCallback(self))
+        self._stop_callback = ForgetStopCallback(self)
+        self.add_callback(self._stop_callback)
 
     @property
     def penalty(self) -> AnchorPenalty:
@@ -265,10 +296,13 @@ class PBUTrainer(Trainer):
         computed."""
         if self._penalty is None:
             fisher = self._given_fisher
-            if fisher is None and self.args.beta == 0:
+            if fisher is not None:
+                self.fisher_source = "given"
+            elif self.args.beta == 0:
                 fisher = {name: torch.zeros_like(p) for name, p in self.model.named_parameters()}
-            elif fisher is None:
-                fisher, self.fisher_seconds = self._fisher()
+                self.fisher_source = "not needed"
+            else:
+                fisher, self.fisher_seconds, self.fisher_source = self._fisher()
             free = None
             if self.args.forget_level != "output":  # the forget rows are refit, not anchored
                 self.prepare_reference()
@@ -326,9 +360,10 @@ class PBUTrainer(Trainer):
             num_workers=self.args.dataloader_num_workers,
         )
 
-    def _fisher(self) -> tuple[dict[str, torch.Tensor], float]:
+    def _fisher(self) -> tuple[dict[str, torch.Tensor], float, str]:
         """The Fisher within its memory budget (resolved now, from the free accelerator memory unless given), with
-        the budget and the accelerator's peak memory while computing it kept in `fisher_memory` for the results."""
+        the budget and the accelerator's peak memory while computing it kept in `fisher_memory` for the results;
+        the seconds it took and where it came from (`load_or_compute_fisher`)."""
         args = self.args
         cache_dir = args.fisher_cache_dir or default_fisher_cache_dir()
         budget = memory_budget(args.device, args.fisher_memory_budget)
@@ -338,7 +373,7 @@ class PBUTrainer(Trainer):
         on_accelerator = args.device.type != "cpu"
         if on_accelerator:
             torch.accelerator.reset_peak_memory_stats(args.device)
-        fisher, seconds = load_or_compute_fisher(
+        fisher, seconds, source = load_or_compute_fisher(
             self.model,
             self.train_dataset,
             lambda: self._loader(self.train_dataset, args.fisher_batch_size),
@@ -352,7 +387,7 @@ class PBUTrainer(Trainer):
         )
         peak = torch.accelerator.max_memory_allocated(args.device) if on_accelerator else None
         self.fisher_memory = {"budget_bytes": budget, "peak_bytes": peak}
-        return fisher, seconds
+        return fisher, seconds, source
 
     def forget_train_accuracy(self) -> float:
         """Accuracy (percent) on the whole forget training set, in eval mode and the run's mixed precision, with
@@ -408,16 +443,38 @@ class PBUTrainer(Trainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
         """`Trainer.training_step`, then, once per optimizer step (after the last micro-batch's backward and the
-        gradients' all-reduce), the penalty's gradient added in place: it is the same on every process."""
+        gradients' all-reduce), the penalty's gradient added in place: it is the same on every process. The whole
+        gradient is then checked to be finite, before the optimizer can apply it (except under fp16's loss scaling,
+        whose scaler skips the steps with non-finite gradients itself)."""
         loss = super().training_step(model, inputs, num_items_in_batch)
         if self.accelerator.sync_gradients and self.forget_rows is not None and self.accelerator.num_processes > 1:
             grad = self.forget_rows.weight.grad  # not a DDP parameter: averaged over processes here
             self.forget_rows.weight.grad = self.accelerator.reduce(grad, reduction="mean")
         if self.accelerator.sync_gradients:
             scaler = self.accelerator.scaler
-            scale = scaler.get_scale() if scaler is not None and scaler.is_enabled() else 1.0
-            self.penalty.add_gradient_(self.accelerator.unwrap_model(model), scale)
+            scaled = scaler is not None and scaler.is_enabled()
+            unwrapped = self.accelerator.unwrap_model(model)
+            self.penalty.add_gradient_(unwrapped, scaler.get_scale() if scaled else 1.0)
+            if not scaled:
+                self._check_finite_gradients(unwrapped)
         return loss
+
+    def _check_finite_gradients(self, model: nn.Module) -> None:
+        """Raise if any gradient is NaN or infinite (one reduction; the gradients are all-reduced already, so every
+        process decides alike)."""
+        named = list(model.named_parameters())
+        if self.forget_rows is not None:  # the forget rows' own leaf, outside the model
+            named.append(("forget rows", self.forget_rows.weight))
+        grads = [p.grad for _, p in named if p.grad is not None]
+        if not grads or torch.isfinite(torch.stack(torch._foreach_norm(grads))).all():
+            return
+        bad = [name for name, p in named if p.grad is not None and not torch.isfinite(p.grad).all()]
+        raise NonFiniteLossError(
+            f"The gradient of the PBU objective became non-finite at step {self.state.global_step} in {len(bad)} "
+            f"parameter(s) ({', '.join(bad[:3])}): the forget term's gradient or the anchor penalty's. Training "
+            "stopped before applying it, so the model keeps the weights of the last finite step. Lower `alpha` or "
+            "`learning_rate`, and check the model and the forget images."
+        )
 
     def _check_finite_and_count(
         self, loss: torch.Tensor, forget_ce: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor
@@ -445,8 +502,14 @@ class PBUTrainer(Trainer):
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs) -> TrainOutput:
         """`Trainer.train`, after the run's signature (checked against the checkpoint resumed, if any) and the
-        penalty are taken from the source model; ends cleanly (last good weights kept) if the loss turns
-        non-finite. The metrics add `fisher_seconds` and `stop_check_seconds` to `train_runtime`."""
+        penalty are taken from the source model. `resume_from_checkpoint`: a complete checkpoint's folder, or True
+        for the last complete one in `output_dir` (incomplete ones are reported and skipped).
+
+        A run that cannot give an unlearned model raises an `UnlearningFailedError`: `NonFiniteLossError` when the
+        loss or its gradient turns non-finite (the model keeps the last finite weights), `NonFiniteWeightsError`
+        when weights about to be saved are not finite (never written), `UnchangedWeightsError` when training left
+        the weights exactly as they were. The metrics add `fisher_seconds` and `stop_check_seconds` to
+        `train_runtime`; `unlearning_results` counts, after a resume, the time before the interruption too."""
         checkpoint = checkpoint_to_resume(resume_from_checkpoint, self.args.output_dir)
         if checkpoint is not None or self.args.save_strategy != "no":
             self.run_signature = run_signature(self.model, self.train_dataset, self.args, self.run_metadata)
@@ -454,16 +517,27 @@ class PBUTrainer(Trainer):
             check_resumable(checkpoint, self.run_signature, self.args.output_dir)
         self.prepare_penalty()  # from the source model, before a checkpoint's weights are loaded
         self.prepare_reference()
+        self._train_start = time.perf_counter()
         try:
-            output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
-        except NonFiniteLossError as err:
-            logger.error(str(err))
+            output = super().train(resume_from_checkpoint=checkpoint, **kwargs)
+        except (NonFiniteLossError, NonFiniteWeightsError):
+            self._keep_finite_weights()
             self.stopped_at_step = None
-            output = TrainOutput(self.state.global_step, float("nan"), {"non_finite_loss": 1.0})
+            raise
         finally:  # the trained model leaves without the feature hooks of forget_level "head"/"features"
             for capture in self._captures.values():
                 capture.remove()
             self._captures = {}
+        model = self.accelerator.unwrap_model(self.model)
+        if not self.penalty.moved(model):
+            if self.stopped_at_step == 0:
+                reason = (f"the stop criterion was met before any update (forget-train accuracy "
+                          f"{self.forget_train_accuracy_history[-1][1]:.2f}%): the model does not recognise the forget "
+                          "classes on this data, or `stop_forget_accuracy` is too loose")
+            else:
+                reason = (f"after {self.state.global_step} optimizer step(s) the updates vanished in the weights' "
+                          "precision: raise `learning_rate` or `alpha`")
+            raise UnchangedWeightsError(f"The weights are exactly the original ones, nothing was unlearned: {reason}.")
         output.metrics.update(fisher_seconds=self.fisher_seconds, stop_check_seconds=self.stop_check_seconds)
         self.unlearning_results = UnlearningResults(
             forget_classes=self._forget_class_ids(),
@@ -473,12 +547,74 @@ class PBUTrainer(Trainer):
             stopped_at_step=self.stopped_at_step,
             fisher_estimator=self.fisher_estimator,
             fisher_seconds=self.fisher_seconds,
+            fisher_source=self.fisher_source,
             fisher_memory_budget_bytes=self.fisher_memory.get("budget_bytes"),
             fisher_peak_memory_bytes=self.fisher_memory.get("peak_bytes"),
-            unlearn_seconds=output.metrics.get("train_runtime", float("nan")),
+            unlearn_seconds=self.resumed_seconds + output.metrics.get("train_runtime", float("nan")),
+            resumed_from_step=self.resumed_from_step,
+            resumed_seconds=self.resumed_seconds,
             stop_check_seconds=self.stop_check_seconds,
         )
         return output
+
+    def unlearn_seconds_so_far(self) -> float:
+        """Unlearning time of the run until now, the part before a resumed checkpoint included."""
+        running = 0.0 if self._train_start is None else time.perf_counter() - self._train_start
+        return self.resumed_seconds + running
+
+    def _keep_finite_weights(self) -> None:
+        """After a non-finite failure: weights that are still finite are the last finite step's, kept; weights that
+        went non-finite in an update (an overflow) are reset to the original theta*, with a warning."""
+        params = dict(self.accelerator.unwrap_model(self.model).named_parameters())
+        anchors = self.penalty.anchors()
+        if all(torch.isfinite(params[name]).all() for name in anchors):
+            return
+        with torch.no_grad():
+            for name, anchor in anchors.items():
+                params[name].copy_(anchor.to(params[name].dtype))
+        logger.warning("The weights had become non-finite in an update: the model was reset to the original weights "
+                       "(theta*). The last finite weights that were saved are in the run's last checkpoint.")
+
+    def _load_callback_state(self) -> None:
+        """On resume, once the checkpoint's trainer state is loaded: the stop rules' progress and the time so far
+        (`ForgetStopCallback.state`), then any other callback's as `Trainer` restores them."""
+        name = type(self._stop_callback).__name__
+        saved = self.state.stateful_callbacks.pop(name, None)
+        if isinstance(saved, dict) and saved.get("attributes"):
+            self._stop_callback.restore(saved["attributes"])
+        self.resumed_from_step = self.state.global_step
+        super()._load_callback_state()
+        self.state.stateful_callbacks[name] = self._stop_callback.state()
+
+    # Checkpoints: written whole into the output folder's staging area, renamed into place once complete.
+    def _get_output_dir(self, trial) -> str:
+        return self._staging_root or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """`Trainer._save_checkpoint` into the staging area, then sealed with the run's signature and renamed to
+        `output_dir/checkpoint-N` (`hf_pbu.checkpoints.publish_checkpoint`), older ones rotated out only then: a
+        kill or a full disk while it is written leaves the previous checkpoint as the last one. A failed write
+        removes the partial checkpoint and raises an `OSError` naming the folder."""
+        output_dir, step = self.args.output_dir, self.state.global_step
+        staged = clear_staged_checkpoint(output_dir, step) if self.args.should_save else None
+        self.accelerator.wait_for_everyone()
+        self._staging_root = staging_folder(output_dir)
+        try:
+            super()._save_checkpoint(model, trial)
+        except Exception as err:
+            if staged is not None:
+                shutil.rmtree(staged, ignore_errors=True)
+                remove_work_dir_if_empty(output_dir)
+            if is_write_failure(err):
+                raise write_error(err, output_dir, f"checkpoint-{step}") from err
+            raise
+        finally:
+            self._staging_root = None
+        self.accelerator.wait_for_everyone()  # every process's files (its RNG state) are written
+        if staged is not None:
+            if self.run_signature is None:
+                self.run_signature = run_signature(self.model, self.train_dataset, self.args, self.run_metadata)
+            publish_checkpoint(staged, output_dir, self.run_signature, self.args.save_total_limit)
 
     def _forget_class_ids(self) -> list[int]:
         if self._forget_classes is not None:
@@ -487,13 +623,30 @@ class PBUTrainer(Trainer):
 
     # Publishing (TRL's pattern): the model in its source format, the unlearning card, one upload at the end.
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """The model's files, written to a staging folder and renamed into `output_dir` once all are complete (a
+        full disk leaves the previous files, or none, and raises an `OSError` naming the folder); never non-finite
+        weights (`NonFiniteWeightsError`)."""
+        output_dir = output_dir or self.args.output_dir
+        if not self.args.should_save:  # no file; only the collectives of a model sharded at load time
+            return self._write_model(output_dir, state_dict)
+        model = self.accelerator.unwrap_model(self.model)
+        tensors = state_dict if state_dict is not None else model.state_dict()
+        bad = [name for name, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+        if bad:
+            raise NonFiniteWeightsError(
+                f"The weights about to be saved to {output_dir} are not finite in {len(bad)} tensor(s) "
+                f"({', '.join(bad[:3])}): nothing was written. Lower `alpha` or `learning_rate`."
+            )
+        with staged_files(output_dir, "the model") as staging:
+            self._write_model(staging, state_dict)
+
+    def _write_model(self, output_dir: str, state_dict: dict | None = None) -> None:
         """transformers models (and plain modules) as `Trainer` saves them; timm models in timm's Hub layout
         (config.json with the pretrained config and class names, model.safetensors), which `timm.create_model`
         reloads and from which `Trainer` resumes alike (no pickled training_args.bin: the card lists the settings)."""
         model = self.accelerator.unwrap_model(self.model)
         if not hasattr(model, "pretrained_cfg"):  # transformers, or a plain nn.Module (its state dict)
             return super()._save(output_dir, state_dict)
-        output_dir = output_dir or self.args.output_dir
         if self.args.should_save:
             names = self.class_names or (getattr(model, "pretrained_cfg", None) or {}).get("label_names")
             save_for_hf(model, output_dir, model_config={"label_names": list(names)} if names else None,

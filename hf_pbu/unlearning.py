@@ -2,15 +2,14 @@
 
 import copy
 import dataclasses
-import os
 import time
 from collections.abc import Sequence
 
 from torch import nn
 from torch.utils.data import Dataset
-from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
+from .checkpoints import last_complete_checkpoint
 from .config import PBUConfig
 from .evaluation import measure
 from .evidence import collect_evidence
@@ -94,12 +93,13 @@ def unlearn(
 
 
 def resume_checkpoint(config: PBUConfig) -> str | None:
-    """The checkpoint to resume from: `--resume_from_checkpoint`, else the last one in `output_dir`, so that an
-    interrupted run carries on where it stopped (theta* and the Fisher come from the source model, not from it).
-    `PBUTrainer.train` refuses it if another run (model, forget data, objective) wrote it."""
+    """The checkpoint to resume from: `--resume_from_checkpoint`, else the last complete one in `output_dir` (an
+    incomplete one, left by a kill or a full disk, is reported and skipped), so that an interrupted run carries on
+    where it stopped (theta* and the Fisher come from the source model, not from it). `PBUTrainer.train` refuses
+    it if another run (model, forget data, objective) wrote it."""
     if config.resume_from_checkpoint is not None:
         return config.resume_from_checkpoint
-    last = get_last_checkpoint(config.output_dir) if os.path.isdir(config.output_dir) else None
+    last = last_complete_checkpoint(config.output_dir)
     if last is not None:
         logger.warning(
             f"Resuming the interrupted run from {last}; to start afresh, use another --output_dir or delete the "

@@ -10,7 +10,7 @@ from tiny_models import DictDataset, TinyConvNet, random_images, trained_bn_stat
 from torch.utils.data import SequentialSampler
 from transformers import TrainerCallback
 
-from hf_pbu import PBUConfig, PBUTrainer
+from hf_pbu import NonFiniteLossError, PBUConfig, PBUTrainer
 from hf_pbu.checkpoints import SIGNATURE_FILE
 from hf_pbu.penalty import AnchorPenalty
 
@@ -186,15 +186,26 @@ def test_unlearning_without_reaching_the_criterion_runs_to_the_step_budget(tmp_p
     assert trainer.stopped_at_step is None and trainer.state.global_step == 3
 
 
-def test_non_finite_loss_stops_with_last_good_weights(tmp_path):
-    model, forget = forget_model_and_data()
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    trainer = PBUTrainer(model=model, args=config(tmp_path, alpha=float("inf"), max_steps=5), train_dataset=forget)
-    output = trainer.train()
-    assert output.metrics.get("non_finite_loss") == 1.0
-    assert trainer.state.global_step == 0
+def test_non_finite_loss_stops_with_last_good_weights_and_raises(tmp_path):
+    """An infinite pixel in the third batch: the loss is NaN there; the run raises, keeping step 2's weights (beta 0:
+    the Fisher on that image would be refused first, `test_fisher_cache_faults.py`)."""
+    model, forget = forget_model_and_data(n=24)
+    forget.images[20, 0, 0, 0] = float("inf")
+    weights = []
+
+    class Record(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            weights.append({n: p.detach().clone() for n, p in model.named_parameters()})
+
+    args = config(tmp_path, max_steps=5, stop_forget_accuracy=-1, learning_rate=0.01, beta=0, save_strategy="steps",
+                  save_steps=1)
+    trainer = InOrderPBUTrainer(model=model, args=args, train_dataset=forget, callbacks=[Record()])
+    with pytest.raises(NonFiniteLossError, match="loss became non-finite at step 2"):
+        trainer.train()
+    assert trainer.state.global_step == 2 and len(weights) == 2
     for n, p in trainer.model.named_parameters():
-        assert torch.equal(p.detach(), before[n])
+        assert torch.equal(p.detach(), weights[-1][n])
+    assert sorted(p.name for p in (tmp_path / "out").glob("checkpoint-*")) == ["checkpoint-2"]  # finite ones only
 
 
 def test_batchnorm_statistics_are_frozen_while_unlearning(tmp_path):

@@ -5,8 +5,10 @@ import importlib.util
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 
 import datasets
 import huggingface_hub
@@ -293,20 +295,29 @@ def test_digits_run_under_accelerate_with_two_processes(digits_model, digits_ima
 
 
 def test_invalid_pbu_setting_is_one_line(base_args):
-    assert "alpha, beta and gamma must be non-negative" in _error([*base_args, "--forget_class", "1", "--alpha", "-1"])
+    message = _error([*base_args, "--forget_class", "1", "--alpha", "-1"])
+    assert "--alpha must be a finite number > 0; got -1.0" in message
 
 
-def test_failed_push_keeps_the_saved_model_card_and_results(offline, tiny_imagefolder, tmp_path, monkeypatch, capsys):
-    """--push_to_hub with no token: one clear error, non-zero exit, and the local output folder complete."""
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+def test_failed_push_keeps_the_saved_model_card_and_results(
+    tiny_model_dirs, tiny_imagefolder, tmp_path, monkeypatch, capsys
+):
+    """--push_to_hub to a Hub that does not answer (the prerequisites, checked first, are met): one clear error,
+    non-zero exit, and the local output folder complete."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{closed_port}")
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)  # no waiting between huggingface_hub's retries
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "datasets_cache"))
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exit_info:
-        _script().main(["--model_id", TINY_REPOS["timm"], "--dataset_name", "imagefolder", "--dataset_dir",
+        _script().main(["--model_id", tiny_model_dirs["timm"], "--dataset_name", "imagefolder", "--dataset_dir",
                         tiny_imagefolder, "--forget_class", "digit_1", "--output_dir", str(out), "--push_to_hub",
-                        "--hub_model_id", "me/tiny-unlearned", *FAST])
+                        "--hub_model_id", "me/tiny-unlearned", "--hub_token", "hf_test_token", *FAST])
     message = str(exit_info.value.code)
-    assert message.startswith("error: ") and "token" in message.lower() and "hf upload" in message
+    assert message.startswith("error: ") and "connection to the Hub failed" in message and "hf upload" in message
     for name in ("README.md", RESULTS_FILE, "config.json", "model.safetensors"):
         assert (out / name).is_file(), name
     assert "me/tiny-unlearned" in (out / "README.md").read_text()

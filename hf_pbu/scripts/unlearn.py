@@ -9,6 +9,8 @@
 
 Any `PBUConfig` flag (alpha, beta, gamma, learning_rate, ...) is accepted. Writes the unlearned model in its source
 format and unlearning_results.json (A_Df, A_Dr, forget-train accuracy and MIA, before and after) to --output_dir.
+Bad values, an output folder that cannot be written or that another run holds, and missing `--push_to_hub`
+prerequisites are refused before anything is loaded; a run that cannot give an unlearned model exits non-zero.
 """
 
 import logging as pylogging
@@ -23,9 +25,13 @@ from transformers.utils import logging
 
 from ..arguments import DataArguments, ModelArguments
 from ..config import PBUConfig
+from ..config_file import parse_arguments_file
 from ..data import load_unlearning_splits
+from ..failures import UnlearningFailedError
 from ..model_card import CARD_FILE, card_dataset, card_datasets, load_base_card
 from ..models import load_classifier
+from ..output_lock import OutputFolderInUseError
+from ..preflight import preflight
 from ..publish import HubPushError
 from ..results import RESULTS_FILE
 from ..unlearning import resume_checkpoint, unlearn
@@ -34,21 +40,26 @@ logger = logging.get_logger("hf_pbu.unlearn")
 
 
 def parse(argv: list[str]) -> tuple[ModelArguments, DataArguments, PBUConfig]:
+    """The arguments from the command line, or from one YAML or JSON file (each value read as its flag's type)."""
     parser = HfArgumentParser((ModelArguments, DataArguments, PBUConfig))
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(argv[0])
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(argv[0])
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml", ".json")):
+        return parse_arguments_file(parser, argv[0])
     return parser.parse_args_into_dataclasses(args=argv)
 
 
 def run(model_args: ModelArguments, data_args: DataArguments, config: PBUConfig) -> None:
+    """One run, after the checks that need no model or data (`hf_pbu.preflight`), holding the output folder."""
     if config.should_log:
         logging.set_verbosity_info()
     log_level = config.get_process_log_level()
     logging.set_verbosity(log_level)
     pylogging.basicConfig(format="%(levelname)s - %(name)s - %(message)s", handlers=[pylogging.StreamHandler()])
     pylogging.getLogger("hf_pbu").setLevel(log_level)
+    with preflight(config):
+        unlearn_and_save(model_args, data_args, config)
+
+
+def unlearn_and_save(model_args: ModelArguments, data_args: DataArguments, config: PBUConfig) -> None:
     loaded = load_classifier(model_args.model_id, model_args.revision, model_args.cache_dir)
     base_card = load_base_card(loaded.source)
     if data_args.dataset_name is None and data_args.dataset_dir is None and data_args.forget_dir is None:
@@ -99,7 +110,8 @@ def main(argv: list[str] | None = None) -> None:
     use_cpu_when_launched_without_accelerator()
     try:
         run(*parse(sys.argv[1:] if argv is None else argv))
-    except (ValueError, OSError, HfHubHTTPError, HubPushError) as err:  # one clear message, not a traceback
+    # One clear message, not a traceback; exit status 1.
+    except (ValueError, OSError, HfHubHTTPError, HubPushError, UnlearningFailedError, OutputFolderInUseError) as err:
         raise SystemExit(f"error: {err}") from None
 
 

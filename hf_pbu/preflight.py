@@ -1,0 +1,87 @@
+"""What the command line checks before it loads a model or data: a mistake found here costs nothing.
+
+(Bad values are refused earlier, when the arguments are parsed: `hf_pbu.argument_checks`.) The output folder must
+be a writable folder, `--push_to_hub` needs a token, the Hub online and a valid repository id,
+`--resume_from_checkpoint` must name a complete checkpoint, and no other run may be writing to the same output
+folder: its lock is taken here and held for the whole run (`hf_pbu.output_lock`).
+"""
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+
+from accelerate.utils import broadcast_object_list
+from huggingface_hub import constants, get_token
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
+
+from .checkpoints import checkpoint_to_resume
+from .config import PBUConfig
+from .model_card import hub_repo_id
+from .output_lock import OutputFolderInUseError, OutputFolderLock
+from .publish import TOKEN_FIX
+
+
+def check_output_dir(output_dir: str) -> None:
+    """`output_dir` is a folder this process can write into (created if missing)."""
+    path = os.path.abspath(output_dir)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"--output_dir {path} is a file, not a folder: choose another --output_dir.")
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise ValueError(f"--output_dir {path} is not writable ({err.strerror or err}): choose another --output_dir "
+                         "or make it writable.") from None
+
+
+def check_push_prerequisites(config: PBUConfig) -> None:
+    """With `--push_to_hub`: the Hub reachable in principle (not offline), a token, a valid repository id."""
+    if not config.push_to_hub:
+        return
+    if constants.HF_HUB_OFFLINE:
+        raise ValueError("--push_to_hub cannot reach the Hub: HF_HUB_OFFLINE is set. Unset it, or leave out "
+                         "--push_to_hub and push the saved folder later with `hf upload`.")
+    if not (config.hub_token or get_token()):
+        raise ValueError(f"--push_to_hub needs a Hugging Face token with write access: {TOKEN_FIX}.")
+    repo_id = hub_repo_id(config.output_dir, config)
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        flag = "--hub_model_id" if config.hub_model_id else "--output_dir's folder name (the repository id by default)"
+        raise ValueError(f"{flag} gives {repo_id!r}, not a valid Hub repository id: {err} Pass --hub_model_id "
+                         "<namespace>/<name>.") from None
+
+
+def _check_and_lock(config: PBUConfig) -> OutputFolderLock:
+    check_push_prerequisites(config)
+    check_output_dir(config.output_dir)
+    if isinstance(config.resume_from_checkpoint, str):
+        checkpoint_to_resume(config.resume_from_checkpoint, config.output_dir)
+    return OutputFolderLock(config.output_dir).acquire()
+
+
+@contextlib.contextmanager
+def preflight(config: PBUConfig) -> Iterator[None]:
+    """Run the checks on the main process (the others get its verdict, so that all stop together) and hold the
+    output folder's lock until the block ends. Raises `ValueError` or `OutputFolderInUseError`."""
+    lock, error = None, None
+    if config.process_index == 0:
+        try:
+            lock = _check_and_lock(config)
+        except (ValueError, OutputFolderInUseError) as err:
+            error = err
+    if config.world_size > 1:
+        verdict = [None if error is None else str(error)]
+        broadcast_object_list(verdict)
+        if verdict[0] is not None and error is None:
+            error = ValueError(verdict[0])
+    if error is not None:
+        raise error
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()

@@ -1,0 +1,309 @@
+"""The command line under faults, as a user meets them: a kill while a checkpoint is written, a full disk during a
+checkpoint, at the final save and at the results, a corrupted Fisher cache, two runs on one folder. Each test
+asserts the exit, what is on disk, and that the rerun of the same command ends with the model and results of an
+uninterrupted run."""
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import torch
+from conftest import TINY_REPOS
+from safetensors.torch import load_file
+from test_fisher_cache_faults import overwrite_values
+from test_unlearn_script import FAST, _script, offline, one_thread  # noqa: F401 (fixtures)
+from transformers import Trainer
+
+import hf_pbu.scripts.unlearn
+from hf_pbu.atomic import WORK_DIR
+from hf_pbu.checkpoints import MANIFEST_FILE, SIGNATURE_FILE
+from hf_pbu.output_lock import LOCK_FILE, OWNER_FILE, OutputFolderInUseError, OutputFolderLock
+from hf_pbu.results import RESULTS_FILE
+
+# Four steps, a checkpoint after each (the last one kept): a kill or a full disk can hit checkpoint 3 of 4.
+pytestmark = pytest.mark.usefixtures("offline")  # the tiny Hub model from an HF cache, HF_HUB_OFFLINE=1
+RUN = [*FAST, "--max_steps", "4", "--save_steps", "1", "--forget_class", "digit_1"]
+MEASURED = ("forget_classes", "steps", "stopped_at_step", "before", "after", "forget_train_samples")
+
+
+def argv(tiny_imagefolder, output_dir, *extra) -> list[str]:
+    return ["--model_id", TINY_REPOS["timm"], "--dataset_name", "imagefolder", "--dataset_dir", tiny_imagefolder,
+            "--output_dir", str(output_dir), "--fisher_cache_dir", "none", *RUN, *extra]
+
+
+def outcome(output_dir) -> tuple[dict, dict[str, torch.Tensor]]:
+    """What a run produced: its measured results and its weights."""
+    with open(os.path.join(output_dir, RESULTS_FILE)) as f:
+        results = json.load(f)
+    return {key: results[key] for key in MEASURED}, load_file(os.path.join(output_dir, "model.safetensors"))
+
+
+def assert_same_outcome(output_dir, reference_dir) -> dict:
+    results, weights = outcome(output_dir)
+    expected, expected_weights = outcome(reference_dir)
+    assert results == expected
+    assert weights.keys() == expected_weights.keys()
+    assert all(torch.equal(weights[name], expected_weights[name]) for name in weights)  # bit for bit
+    with open(os.path.join(output_dir, RESULTS_FILE)) as f:
+        return json.load(f)
+
+
+_REFERENCES: dict[tuple, str] = {}
+
+
+def reference_run(tiny_imagefolder, tmp_path_factory, *extra) -> str:
+    """The folder of an uninterrupted run of the same command (made once per session and set of arguments)."""
+    if extra not in _REFERENCES:
+        folder = tmp_path_factory.mktemp("reference") / "out"
+        _script().main(argv(tiny_imagefolder, folder, *extra))
+        _REFERENCES[extra] = str(folder)
+    return _REFERENCES[extra]
+
+
+def files(output_dir) -> set[str]:
+    """Every file under `output_dir` (relative paths), working files included."""
+    return {os.path.relpath(os.path.join(root, name), output_dir)
+            for root, _, names in os.walk(output_dir) for name in names}
+
+
+def assert_no_empty_or_temporary_files(output_dir) -> None:
+    for name in files(output_dir):
+        assert os.path.getsize(os.path.join(output_dir, name)) > 0 or name.endswith(".lock"), name
+        assert not name.endswith(".tmp") and not name.startswith(WORK_DIR), name
+
+
+def error_of(arguments: list[str]) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        _script().main(arguments)
+    message = str(exit_info.value.code)
+    assert message.startswith("error: "), message
+    return message
+
+
+class SimulatedKill(BaseException):
+    """Raised mid-write like a SIGKILL: no `except Exception` (so no clean-up of ours) sees it."""
+
+
+def test_a_kill_while_a_checkpoint_is_written_leaves_the_last_complete_one(
+    tiny_imagefolder, tmp_path, tmp_path_factory, monkeypatch, caplog
+):
+    out = tmp_path / "out"
+    save_rng_state = Trainer._save_rng_state
+
+    def killed_at_checkpoint_3(self, output_dir):
+        if output_dir.endswith("checkpoint-3"):  # model, optimizer and scheduler written; RNG state and the rest not
+            raise SimulatedKill
+        save_rng_state(self, output_dir)
+
+    monkeypatch.setattr(Trainer, "_save_rng_state", killed_at_checkpoint_3)
+    with pytest.raises(SimulatedKill):
+        _script().main(argv(tiny_imagefolder, out))
+    monkeypatch.setattr(Trainer, "_save_rng_state", save_rng_state)
+
+    # The half-written checkpoint is only in the staging area; the last checkpoint is the complete checkpoint-2.
+    staged = out / WORK_DIR / "checkpoint-3"
+    assert (staged / "optimizer.pt").is_file() and not (staged / SIGNATURE_FILE).exists()
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert (out / "checkpoint-2" / SIGNATURE_FILE).is_file() and (out / "checkpoint-2" / MANIFEST_FILE).is_file()
+    assert not (out / "model.safetensors").exists()
+    # What a writer without staging leaves (the interrupted folder in place), and a checkpoint copied in part:
+    # both are reported and skipped.
+    shutil.copytree(staged, out / "checkpoint-3")
+    shutil.copytree(out / "checkpoint-2", out / "checkpoint-4")
+    os.truncate(out / "checkpoint-4" / "model.safetensors", 1000)
+
+    with caplog.at_level(logging.WARNING):
+        _script().main(argv(tiny_imagefolder, out))
+
+    skipped = "Skipping {}: it is not a complete checkpoint ({}"
+    assert skipped.format(out / "checkpoint-4", "model.safetensors holds 1000 bytes") in caplog.text
+    assert skipped.format(out / "checkpoint-3", f"it has no {MANIFEST_FILE}") in caplog.text
+    assert f"Resuming the interrupted run from {out / 'checkpoint-2'}" in caplog.text
+    results = assert_same_outcome(out, reference_run(tiny_imagefolder, tmp_path_factory))
+    assert results["resumed_from_step"] == 2 and 0 < results["resumed_seconds"] < results["unlearn_seconds"]
+    assert "resumed from the checkpoint of step 2" in (out / "README.md").read_text()
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4"]
+    assert_no_empty_or_temporary_files(out)
+
+
+def test_a_checkpoint_without_its_signature_is_refused(tiny_imagefolder, tmp_path):
+    out = tmp_path / "out"
+    _script().main(argv(tiny_imagefolder, out, "--max_steps", "1"))
+    (out / "checkpoint-1" / SIGNATURE_FILE).unlink()
+    message = error_of(argv(tiny_imagefolder, out, "--resume_from_checkpoint", str(out / "checkpoint-1")))
+    assert f"Cannot resume {out / 'checkpoint-1'}: it has no {SIGNATURE_FILE}" in message
+
+
+def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(
+    tiny_imagefolder, tmp_path, tmp_path_factory, monkeypatch
+):
+    out = tmp_path / "out"
+    save = torch.save
+
+    def disk_fills_at_checkpoint_3(obj, f, *args, **kwargs):
+        if str(f).endswith(os.path.join("checkpoint-3", "optimizer.pt")):
+            with open(f, "wb") as partial:
+                partial.write(b"\0" * 4096)  # what fitted
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", disk_fills_at_checkpoint_3)
+    message = error_of(argv(tiny_imagefolder, out))
+    monkeypatch.setattr(torch, "save", save)
+
+    assert message == (f"error: Could not write checkpoint-3 to {out} (the disk is full); everything it holds is "
+                       "complete: checkpoint-2. Free some space (or choose another folder) and run the same command "
+                       "again.")
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert_no_empty_or_temporary_files(out)
+    _script().main(argv(tiny_imagefolder, out))
+    assert_same_outcome(out, reference_run(tiny_imagefolder, tmp_path_factory))
+
+
+@contextlib.contextmanager
+def file_size_limit(limit: int) -> Iterator[None]:
+    """This process may not write files beyond `limit` bytes (RLIMIT_FSIZE, enforced by the kernel like a full
+    disk: the write fails with EFBIG, whoever makes it, Python, safetensors' Rust or torch)."""
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails instead of the process being killed
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+
+
+def test_a_full_disk_at_the_final_save_names_the_folder_and_leaves_no_broken_file(
+    tiny_imagefolder, tmp_path, tmp_path_factory
+):
+    """Files may not exceed 100 kB: the chart fits, the model (110 kB) does not."""
+    out = tmp_path / "out"
+    quiet = ("--save_strategy", "no", "--log_level", "warning")
+    with file_size_limit(100 * 1024):
+        message = error_of(argv(tiny_imagefolder, out, *quiet))
+
+    assert message.startswith(f"error: Could not write the model to {out} (a file reached the size limit"), message
+    assert not {"model.safetensors", "config.json", RESULTS_FILE, "README.md"} & files(out)
+    assert_no_empty_or_temporary_files(out)
+    _script().main(argv(tiny_imagefolder, out, *quiet))
+    assert_same_outcome(out, reference_run(tiny_imagefolder, tmp_path_factory, *quiet))
+
+
+def test_room_for_the_model_only_keeps_the_model_and_no_empty_results(
+    tiny_imagefolder, tmp_path, tmp_path_factory, monkeypatch
+):
+    """The disk fills after the model: ENOSPC when the results are flushed (where delayed allocation reports it)."""
+    out = tmp_path / "out"
+    fsync = os.fsync
+
+    def full_when_results_are_flushed(fd):
+        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith(f".{RESULTS_FILE}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full_when_results_are_flushed)
+    message = error_of(argv(tiny_imagefolder, out))
+    monkeypatch.setattr(os, "fsync", fsync)
+
+    assert message.startswith(f"error: Could not write {RESULTS_FILE} to {out} (the disk is full); everything it "
+                              "holds is complete: checkpoint-4, config.json, model.safetensors")
+    assert {"model.safetensors", "config.json"} <= files(out) and not {RESULTS_FILE, "README.md"} & files(out)
+    assert_no_empty_or_temporary_files(out)
+    reference = reference_run(tiny_imagefolder, tmp_path_factory)
+    kept, expected = (load_file(os.path.join(folder, "model.safetensors")) for folder in (out, reference))
+    assert all(torch.equal(kept[name], expected[name]) for name in expected)  # the model that was saved is whole
+    _script().main(argv(tiny_imagefolder, out))  # resumes checkpoint-4: nothing left to train
+    assert_same_outcome(out, reference)
+
+
+def test_a_corrupted_fisher_cache_is_set_aside_and_the_run_matches_a_clean_one(
+    tiny_imagefolder, tmp_path, caplog
+):
+    cache = tmp_path / "fisher"
+    with_cache = ("--fisher_cache_dir", str(cache))
+    _script().main(argv(tiny_imagefolder, tmp_path / "first", *with_cache))
+    (cached,) = cache.glob("fisher-*.safetensors")
+    overwrite_values(str(cached), "fc.weight", float("nan"))  # header intact, values NaN
+
+    with caplog.at_level(logging.WARNING):
+        _script().main(argv(tiny_imagefolder, tmp_path / "second", *with_cache))
+
+    assert f"Not using the Fisher cache file {cached}: fc.weight holds non-finite values" in caplog.text
+    second = assert_same_outcome(tmp_path / "second", tmp_path / "first")
+    assert second["fisher_source"] == "computed" and len(list(cache.glob("*.bad-*"))) == 1
+    # The cache was written again, sound: the next run reads it, and reports the time it took to compute.
+    _script().main(argv(tiny_imagefolder, tmp_path / "third", *with_cache))
+    third = assert_same_outcome(tmp_path / "third", tmp_path / "first")
+    assert third["fisher_source"] == "cached" and third["fisher_seconds"] == second["fisher_seconds"] > 0
+    card = (tmp_path / "third" / "README.md").read_text()
+    assert f"Fisher diagonal: {third['fisher_seconds']:.1f} s (read from the cache; the time it took" in card
+
+
+def test_two_runs_on_one_folder_the_second_is_refused_with_the_holders_pid(
+    tiny_imagefolder, tmp_path, monkeypatch
+):
+    """The first run in a thread of this process, the second started while it holds the folder."""
+    out = tmp_path / "out"
+    first = threading.Thread(target=_script().main, args=(argv(tiny_imagefolder, out, "--max_steps", "8"),))
+    first.start()
+    try:
+        while not (out / OWNER_FILE).exists() and first.is_alive():
+            time.sleep(0.01)
+        load_classifier = hf_pbu.scripts.unlearn.load_classifier
+        monkeypatch.setattr(hf_pbu.scripts.unlearn, "load_classifier",
+                            lambda *a: pytest.fail("the second run loaded the model"))
+        message = error_of(argv(tiny_imagefolder, out))
+        monkeypatch.setattr(hf_pbu.scripts.unlearn, "load_classifier", load_classifier)
+    finally:
+        first.join()
+    assert message.startswith(f"error: Another run is writing to {out} (pid {os.getpid()} on ")
+    assert "one run per output folder" in message and "--output_dir" in message
+    with open(out / RESULTS_FILE) as f:
+        assert json.load(f)["steps"] == 8  # the first run's, which ended normally
+    _script().main(argv(tiny_imagefolder, out))  # the lock is released with the run: the folder is free again
+
+
+def test_a_killed_runs_lock_does_not_block_the_next_run(tmp_path):
+    """The operating system releases the lock of a process killed with SIGKILL; its stale owner file is ignored."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import filelock, sys, time; lock = filelock.FileLock(sys.argv[1]); lock.acquire(); "
+         "print('held', flush=True); time.sleep(600)", str(tmp_path / LOCK_FILE)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        (tmp_path / OWNER_FILE).write_text(json.dumps({"pid": holder.pid, "host": "elsewhere", "started": "earlier"}))
+        busy = rf"Another run is writing to {tmp_path} \(pid {holder.pid} on elsewhere"
+        with pytest.raises(OutputFolderInUseError, match=busy):
+            OutputFolderLock(str(tmp_path)).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    with OutputFolderLock(str(tmp_path)):
+        assert json.loads((tmp_path / OWNER_FILE).read_text())["pid"] == os.getpid()
+
+
+@pytest.mark.parametrize(("extra", "expected"), [
+    (["--forget_loss", "neg_ce", "--stop_forget_accuracy", "100", "--stop_trigger_accuracy", "100"],
+     "The weights are exactly the original ones, nothing was unlearned: the stop criterion was met before any update"),
+    (["--learning_rate", "1e30"], "The PBU loss became non-finite at step 1"),
+], ids=["weights-unchanged", "weights-overflow"])
+def test_no_run_exits_0_with_the_original_or_non_finite_weights(tiny_imagefolder, tmp_path, extra, expected):
+    out = tmp_path / "out"
+    message = error_of(argv(tiny_imagefolder, out, *extra))
+    assert message.startswith(f"error: {expected}"), message
+    assert not {"model.safetensors", "config.json", RESULTS_FILE, "README.md"} & files(out)
+    for checkpoint in out.glob("checkpoint-*"):  # only finite weights were ever written
+        assert all(torch.isfinite(t).all() for t in load_file(checkpoint / "model.safetensors").values())
