@@ -10,8 +10,9 @@ attacks (`hf_pbu.evidence`: fine-tune relearn k=10, head-only relearn k=10, prot
 oracle is trained once and cached under outputs/oracles/, with the seconds its training took); any other run measures
 one PBU setting (every `PBUConfig` flag) on every cell and seed. Records go to
 `<results_dir>/feature_forgetting_<dataset>_<recipe>.json`; a rerun skips what is there. PBU's seconds include its
-Fisher (no cache). "closed" is the share of the distance from the original to the oracle that a method closes under
-an attack, (original - method) / (original - oracle), per cell.
+Fisher (no cache); the oracle's are those of its first training, on a machine shared with other jobs (the cost against
+retraining is measured side by side by `benchmarks/unlearning_cost.py`). "closed" is the share of the distance from the
+original to the oracle that a method closes under an attack, (original - method) / (original - oracle), per cell.
 """
 
 import copy
@@ -116,7 +117,8 @@ def run(args: FeatureArguments, config: PBUConfig, path: str) -> None:
     for cell in map(parse_cell, args.forget_classes):
         classes = cell_classes(cell)
         splits = cell_splits(data, transform, cell, mia_members=2000)
-        oracle, retrain_seconds = cached_oracle(base, base_dir, splits["retain_train_all"], cell, 0, recipe)
+        if args.oracles_only or args.references:
+            oracle, retrain_seconds = cached_oracle(base, base_dir, splits["retain_train_all"], cell, 0, recipe)
         if args.oracles_only:
             print(f"oracle of {cell}: {retrain_seconds:.0f} s", flush=True)
             continue
@@ -141,7 +143,6 @@ def run(args: FeatureArguments, config: PBUConfig, path: str) -> None:
                                               disable_tqdm=True, report_to="none", fisher_cache_dir="none")
             model, run_info = run_pbu(base, splits, cell_config)
             record = {"model": "pbu", "setting": setting, "cell": cell, "seed": seed, **run_info,
-                      "retrain_seconds": retrain_seconds,
                       **measured(model, splits, classes, seed, args.eval_batch_size)}
             save_record(path, record)
             print(f"{setting['forget_loss']} {cell} seed {seed}: A_Df {record['forget_test_accuracy']:.1f} "

@@ -55,6 +55,7 @@ RULES: dict[str, Rule] = {
     "forget_row_learning_rate": POSITIVE,
     "fisher_exact_max_classes": Rule(at_least=0, integer=True),
     "fisher_mc_samples": COUNT,
+    "fisher_max_samples": Rule(at_least=1, integer=True, optional=True),
     "fisher_top_mass": Rule(above=0, at_most=1, optional=True),
     "fisher_batch_size": COUNT,
     "fisher_memory_budget": Rule(at_least=1, integer=True, optional=True),

@@ -7,15 +7,16 @@ has only hidden it: reset the row's bias and a few fine-tuning steps bring the c
 "Forgotten in the model"). So under `forget_level` "head" or "features" these rows leave the anchor and are refit
 by their own term,
 
-    rank_last = mean over images and forget classes f of softplus(z_f - min_{c retained} z_c),
+    rank_last = mean over images and forget classes f of max(0, z_f - min_{c retained} z_c),
 
 with z the head's logits on the penultimate features of the forget images (the current model's and the original
 model's, detached: the rows move, not the features) and each forget class's bias set to the mean of the retained
 classes' (the bias an attacker would reset it to), so that the row itself, not its bias, carries the forgetting. The
-term is bounded and scale-free: it stops once the class ranks last, whatever the scale of the model's logits. The
-biases stay as they were. The rows are leaf tensors of their own, trained in their own optimizer group at
-`forget_row_learning_rate` (Adam moves each weight by about its learning rate per step; the rows must travel far, the
-rest of the model must not), and written into the head after every optimizer step.
+term is bounded and scale-free: it is exactly 0 once the class ranks last, whatever the scale of the model's logits,
+so the rows stop there (a smooth term would let Adam, whose steps keep their size as gradients shrink, drift them on
+without end). The biases stay as they were. The rows are leaf tensors of their own, trained in their own optimizer
+group at `forget_row_learning_rate` (Adam moves each weight by about its learning rate per step; the rows must travel
+far, the rest of the model must not), and written into the head after every optimizer step.
 """
 
 from collections.abc import Sequence
@@ -50,13 +51,18 @@ class ForgetRows:
             logits = logits + bias.index_put((self.classes,), bias[self.retained].mean().expand(len(self.classes)))
         return logits
 
+    def not_last(self, logits: torch.Tensor) -> torch.Tensor:
+        """For each row of `logits` (the model's own), whether some forget class is not below every retained one."""
+        classes, retained = self.classes.to(logits.device), self.retained.to(logits.device)
+        return logits[:, classes].max(-1).values >= logits[:, retained].min(-1).values
+
     def rank_last(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         """The term's mean over every row of every tensor of `features` (each [N, D]) and every forget class."""
         terms = []
         for batch in features:
             logits = self.logits(batch.detach())
             lowest_retained = logits[:, self.retained].min(-1, keepdim=True).values
-            terms.append(F.softplus(logits[:, self.classes] - lowest_retained).reshape(-1))
+            terms.append(F.relu(logits[:, self.classes] - lowest_retained).reshape(-1))
         return torch.cat(terms).mean()
 
     @torch.no_grad()

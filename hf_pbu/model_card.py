@@ -257,6 +257,8 @@ def hyperparameters(config: PBUConfig, results: UnlearningResults) -> list[tuple
         estimator += f" over each image's classes covering {config.fisher_top_mass:g} of its probability"
     if config.fisher_estimator == "auto":
         estimator += f" (auto: 'exact' up to {config.fisher_exact_max_classes} classes)"
+    if config.fisher_max_samples is not None and results.forget_train_samples > config.fisher_max_samples:
+        estimator += f", on a random sample of {config.fisher_max_samples} forget images"
     return [
         ("Forget term (`forget_loss`)", f"{config.forget_loss}: "
          f"{build_forget_loss(config.forget_loss, config.npo_tau, config.distill_weight).summary}"),

@@ -29,9 +29,9 @@ from .checkpoints import (
 )
 from .config import PBUConfig, refuse_sharded_training
 from .distributed import shard
-from .evaluation import accuracy
+from .evaluation import accuracy_of, predictions
 from .failures import NonFiniteLossError, NonFiniteWeightsError, UnchangedWeightsError
-from .fisher import default_fisher_cache_dir, load_or_compute_fisher, memory_budget
+from .fisher import default_fisher_cache_dir, fisher_sample, load_or_compute_fisher, memory_budget
 from .forget_losses import ForgetBatch, build_forget_loss
 from .forget_rows import ForgetRows, InputCapture
 from .model_card import base_model_of, card_dataset, model_class_names, write_model_card
@@ -81,7 +81,7 @@ class ForgetStopCallback(TrainerCallback, ExportableState):
     def on_pre_optimizer_step(self, args: PBUConfig, state, control, **kwargs):
         self.step_counts = self.trainer.pop_step_counts()
         correct, seen, _ = self.step_counts
-        if self.trainer.stop_rule != "forget_accuracy" or seen == 0:
+        if self.trainer.stop_rule not in ("forget_accuracy", "ranked_last") or seen == 0:
             return
         self.trainer.batch_accuracy = 100.0 * correct / seen
         if self.trainer.batch_accuracy > args.stop_trigger_accuracy or state.global_step < self.next_check_step:
@@ -131,10 +131,18 @@ class ForgetStopCallback(TrainerCallback, ExportableState):
         if torch.accelerator.is_available():
             torch.accelerator.synchronize()  # the step's queued kernels belong to the step's time, not the check's
         start = time.perf_counter()
-        forget_accuracy = self.trainer.forget_train_accuracy()
+        forget_accuracy, not_last = self.trainer.forget_train_measures()
         self.trainer.stop_check_seconds += time.perf_counter() - start
         self.trainer.forget_train_accuracy_history.append((state.global_step, forget_accuracy))
-        if self.trainer.stop_rule == "plateau":
+        if self.trainer.stop_rule == "ranked_last":
+            if not_last > args.stop_forget_accuracy:
+                logger.info(f"A forgotten class is not yet last on {not_last:.2f}% of the forget images (forget "
+                            f"accuracy {forget_accuracy:.2f}%) after {state.global_step} updates: carrying on.")
+                return False
+            logger.info(f"The forgotten classes rank last on all but {not_last:.2f}% of the forget images (forget "
+                        f"accuracy {forget_accuracy:.2f}%) after {state.global_step} updates: stopping with these "
+                        "weights.")
+        elif self.trainer.stop_rule == "plateau":
             message = (f"The objective has not fallen by {args.stop_plateau_tolerance:g} (relative) for "
                        f"{args.stop_plateau_patience} windows: stopping at step {state.global_step}, forget accuracy "
                        f"{forget_accuracy:.2f}%.")
@@ -182,10 +190,10 @@ class ForgetStopCallback(TrainerCallback, ExportableState):
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.trainer.stopped_at_step is None:
-            criterion = (
-                "the objective's plateau" if self.trainer.stop_rule == "plateau"
-                else f"forget accuracy <= {args.stop_forget_accuracy}%"
-            )
+            criterion = {
+                "plateau": "the objective's plateau",
+                "ranked_last": f"the forgotten classes last on all but {args.stop_forget_accuracy}% of their images",
+            }.get(self.trainer.stop_rule, f"forget accuracy <= {args.stop_forget_accuracy}%")
             logger.warning(
                 f"Training ended after {state.global_step} steps without reaching the stop criterion "
                 f"({criterion}): raise `num_train_epochs`, `alpha` or `learning_rate`."
@@ -361,7 +369,8 @@ class PBUTrainer(Trainer):
         )
 
     def _fisher(self) -> tuple[dict[str, torch.Tensor], float, str]:
-        """The Fisher within its memory budget (resolved now, from the free accelerator memory unless given), with
+        """The Fisher on (a sample of) the forget set within its memory budget (resolved now, from the free
+        accelerator memory unless given), with
         the budget and the accelerator's peak memory while computing it kept in `fisher_memory` for the results;
         the seconds it took and where it came from (`load_or_compute_fisher`)."""
         args = self.args
@@ -373,10 +382,11 @@ class PBUTrainer(Trainer):
         on_accelerator = args.device.type != "cpu"
         if on_accelerator:
             torch.accelerator.reset_peak_memory_stats(args.device)
+        forget = fisher_sample(self.train_dataset, args.fisher_max_samples, args.seed)
         fisher, seconds, source = load_or_compute_fisher(
             self.model,
-            self.train_dataset,
-            lambda: self._loader(self.train_dataset, args.fisher_batch_size),
+            forget,
+            lambda: self._loader(forget, args.fisher_batch_size),
             cache_dir=None if cache_dir.lower() == "none" else cache_dir,
             estimator=self.fisher_estimator,
             mc_samples=args.fisher_mc_samples,
@@ -389,12 +399,22 @@ class PBUTrainer(Trainer):
         self.fisher_memory = {"budget_bytes": budget, "peak_bytes": peak}
         return fisher, seconds, source
 
-    def forget_train_accuracy(self) -> float:
-        """Accuracy (percent) on the whole forget training set, in eval mode and the run's mixed precision, with
-        `dataloader_num_workers`: each image counted once whatever the number of processes."""
+    def forget_train_measures(self) -> tuple[float, float | None]:
+        """On the whole forget training set, in eval mode and the run's mixed precision, with
+        `dataloader_num_workers` (each image counted once whatever the number of processes), from one pass: the
+        accuracy (percent) and, with refit forget rows, the percent of images on which a forgotten class does not
+        rank last (None otherwise)."""
         args = self.args
-        return accuracy(self.model, self.train_dataset, args.per_device_eval_batch_size, self.data_collator,
-                        args.dataloader_num_workers, self.accelerator)
+        logits, labels = predictions(self.model, self.train_dataset, args.per_device_eval_batch_size,
+                                     self.data_collator, args.dataloader_num_workers, self.accelerator)
+        not_last = None
+        if self.forget_rows is not None:
+            not_last = float(100.0 * self.forget_rows.not_last(logits).double().mean())
+        return accuracy_of(logits, labels), not_last
+
+    def forget_train_accuracy(self) -> float:
+        """Accuracy (percent) on the whole forget training set (`forget_train_measures`)."""
+        return self.forget_train_measures()[0]
 
     def pop_step_counts(self) -> tuple[float, float, float]:
         """(correct, seen, loss summed over images) of the optimizer step just ended, summed over processes; then
@@ -479,11 +499,16 @@ class PBUTrainer(Trainer):
     def _check_finite_and_count(
         self, loss: torch.Tensor, forget_ce: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor
     ) -> None:
-        """Raise if the loss is non-finite on any process; add the batch's correct predictions and loss to the step's
-        counts (the stop rules' signals). One reduction of four numbers serves both."""
+        """Raise if the loss is non-finite on any process; add the batch's correct predictions (under 'ranked_last',
+        its images on which a forgotten class is not last yet) and loss to the step's counts (the stop rules'
+        signals). One reduction of four numbers serves both."""
+        if self.stop_rule == "ranked_last":  # the images on which a forgotten class is not last yet
+            held = self.forget_rows.not_last(logits.detach())
+        else:
+            held = logits.detach().argmax(-1) == labels
         stats = torch.stack([
             (~torch.isfinite(loss.detach())).float(),
-            (logits.detach().argmax(-1) == labels).sum().float(),
+            held.sum().float(),
             torch.tensor(float(labels.numel()), device=loss.device),
             loss.detach().float() * labels.numel(),
         ])

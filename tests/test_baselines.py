@@ -102,6 +102,19 @@ def test_method_forgets_and_reads_only_declared_data(setup, tmp_path, name):
     assert (guarded_retain.reads > 0) == method.needs_retain
 
 
+@pytest.mark.parametrize("level", ["head", "features"])
+def test_pbu_forget_levels_forget_from_the_forget_data_alone(setup, tmp_path, level):
+    """The levels that refit the forget rows (and move the features) still read nothing but the forget data."""
+    base, forget, retain, _, _ = setup
+    config = PBUConfig(**quiet_args(tmp_path / level, per_device_train_batch_size=32, num_train_epochs=10,
+                                    fisher_cache_dir="none", forget_level=level))
+    guarded_forget = GuardedDataset(forget, "the forget data", True)
+    unlearned = METHODS["pbu"].unlearn(copy.deepcopy(base), guarded_forget,
+                                       GuardedDataset(retain, "the retained data", False), config)
+    assert accuracy(unlearned.eval(), forget) < accuracy(base, forget) - 20
+    assert guarded_forget.reads > 0
+
+
 def test_ssd_dampens_only_parameters_specialised_on_the_forget_data():
     layer = torch.nn.Linear(2, 2, bias=False)
     torch.nn.init.ones_(layer.weight)

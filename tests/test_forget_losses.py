@@ -142,7 +142,7 @@ def forget_run(tmp_path, forget_loss: str, labels: torch.Tensor, forget_classes=
         with torch.no_grad():
             model.head.bias[labels.unique()] += 1.0
     settings = dict(learning_rate=1e-2, num_train_epochs=40, per_device_train_batch_size=8, fisher_cache_dir="none",
-                    save_strategy="no", report_to="none", disable_tqdm=True, use_cpu=True)
+                    save_strategy="no", report_to="none", disable_tqdm=True, use_cpu=True, forget_level="output")
     config = PBUConfig(output_dir=str(tmp_path), forget_loss=forget_loss, **{**settings, **kwargs})
     trainer = PBUTrainer(model=model, args=config, train_dataset=DictDataset(images, labels),
                          forget_classes=forget_classes)
@@ -180,6 +180,12 @@ def test_given_forget_classes_override_the_labels_and_no_copy_without_need(tmp_p
 
     assert with_field._forget_classes.tolist() == [1, 3]
     assert without_reference._reference is None and without_reference._forget_classes is None
-    assert PBUConfig(output_dir=str(tmp_path), forget_loss="neg_ce").resolved_stop_rule == "forget_accuracy"
+    output = {"output_dir": str(tmp_path), "forget_level": "output"}
+    assert PBUConfig(**output, forget_loss="neg_ce").resolved_stop_rule == "forget_accuracy"
+    assert PBUConfig(**output).resolved_stop_rule == "plateau"
     default = PBUConfig(output_dir=str(tmp_path))
-    assert default.forget_loss == "complement+distill" and default.resolved_stop_rule == "plateau"
+    assert default.forget_loss == "complement+distill" and default.forget_level == "head"
+    assert default.resolved_stop_rule == "ranked_last"
+    assert PBUConfig(output_dir=str(tmp_path), forget_level="features").resolved_stop_rule == "plateau"
+    with pytest.raises(ValueError, match="ranked_last"):
+        PBUConfig(**output, stop_rule="ranked_last")

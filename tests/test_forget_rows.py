@@ -6,7 +6,6 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 from tiny_models import DictDataset, TinyConvNet, random_images, trained_bn_stats
 from torch.utils.data import Dataset
 
@@ -17,7 +16,7 @@ NUM_CLASSES, FORGET = 5, [1, 3]
 
 
 def written_rank_last(weight: torch.Tensor, bias: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor:
-    """The docstring's formula, image by image and class by class: softplus(z_f - min over retained z_c), with each
+    """The docstring's formula, image by image and class by class: max(0, z_f - min over retained z_c), with each
     forget class's bias set to the retained classes' mean."""
     retained = [c for c in range(NUM_CLASSES) if c not in FORGET]
     mean_bias = bias[retained].mean()
@@ -25,7 +24,7 @@ def written_rank_last(weight: torch.Tensor, bias: torch.Tensor, features: list[t
     for batch in features:
         for h in batch:
             lowest = min(weight[c] @ h + bias[c] for c in retained)
-            values += [torch.log(1 + torch.exp(weight[f] @ h + mean_bias - lowest)) for f in FORGET]
+            values += [torch.clamp(weight[f] @ h + mean_bias - lowest, min=0) for f in FORGET]
     return torch.stack(values).mean()
 
 
@@ -48,22 +47,27 @@ def test_rank_last_and_its_gradient_match_autograd_of_the_written_formula():
     assert linear.weight.grad is None  # the retained rows are read, never trained
 
 
-def test_rank_last_gradient_vanishes_once_the_class_ranks_last_and_the_bias_is_ignored():
+def test_rank_last_is_zero_with_no_gradient_once_the_classes_rank_last_whatever_their_bias():
     linear = torch.nn.Linear(2, NUM_CLASSES).double()
+    with torch.no_grad():
+        linear.bias.zero_()
     features = [torch.tensor([[1.0, 0.0]], dtype=torch.double)]
-    norms = []
-    for s in (0.0, 8.0, 32.0):
+    values, norms = [], []
+    for s in (2.0, -2.0):  # the forget rows above, then below, every retained class
         with torch.no_grad():
             linear.weight.zero_()
-            linear.weight[FORGET, 0] = -s  # the forget classes sink below every retained class
+            linear.weight[FORGET, 0] = s
         rows = ForgetRows(linear, FORGET)
-        (grad,) = torch.autograd.grad(rows.rank_last(features), rows.weight)
+        value = rows.rank_last(features)
+        (grad,) = torch.autograd.grad(value, rows.weight)
+        values.append(value.item())
         norms.append(grad.norm().item())
-    assert norms[0] > norms[1] > norms[2] and norms[2] < 1e-10, norms
+    assert values == [2.0, 0.0] and norms[0] > 0 and norms[1] == 0.0
     with torch.no_grad():
         linear.bias[FORGET] = -100.0  # a forget bias far down hides nothing: the term reads the retained mean
-    assert ForgetRows(linear, FORGET).rank_last(features).item() == pytest.approx(
-        F.softplus(torch.tensor(-32.0 - 0.0), beta=1).item(), abs=1e-12)
+        linear.weight[FORGET, 0] = 2.0
+    assert ForgetRows(linear, FORGET).rank_last(features).item() == 2.0
+    assert ForgetRows(linear, FORGET).not_last(linear(features[0]).detach()).tolist() == [False]
 
 
 class Guarded(Dataset):
@@ -103,11 +107,13 @@ def test_levels_refit_the_forget_rows_alone_until_the_classes_rank_last(tmp_path
     if level == "features":  # the forget term reads the original head: the current one learns only the rows
         assert torch.equal(head.weight[retained], before.weight[retained]) and torch.equal(head.bias, before.bias)
     else:  # the forget term reads the current head, whose other rows stay anchored
-        assert (head.weight[retained] - before.weight[retained]).norm() < moved / 10
+        assert (head.weight[retained] - before.weight[retained]).norm() < moved / 2
     with torch.no_grad():
         logits = trainer.model(forget.images)
     last = logits[:, FORGET].max(-1).values < logits[:, retained].min(-1).values
     assert last.float().mean() > 0.9, last.float().mean()
+    if level == "head":  # its stop rule: the classes rank last on (all but 0.5% of) the forget images
+        assert trainer.stop_rule == "ranked_last" and trainer.stopped_at_step is not None and last.all()
     assert trainer.penalty.weights()["head.weight"][FORGET].abs().sum() == 0  # free of the anchor
     assert trainer.penalty.weights()["head.weight"][retained].min() > 0
     assert not head._forward_hooks and not trainer._reference.head._forward_hooks  # hooks removed after training
@@ -116,8 +122,9 @@ def test_levels_refit_the_forget_rows_alone_until_the_classes_rank_last(tmp_path
 def test_features_level_moves_the_features_more_than_head_level(tmp_path):
     """Under "features" the forget term reads the original head, so the backbone must move the class's features."""
     moved = {}
-    for level in ("head", "features"):
-        trainer, original, forget = run(tmp_path, level)
+    for level in ("head", "features"):  # the same number of steps for both
+        trainer, original, forget = run(tmp_path, level, max_steps=40, stop_rule="forget_accuracy",
+                                        stop_forget_accuracy=-1)
         with torch.no_grad():
             moved[level] = (trainer.model.features(forget.images) - original.features(forget.images)).norm().item()
     assert moved["features"] > 2 * moved["head"], moved

@@ -21,6 +21,7 @@ def config(tmp_path, **overrides) -> PBUConfig:
     values = dict(
         output_dir=str(tmp_path / "out"), fisher_cache_dir="none", report_to="none", disable_tqdm=True,
         save_strategy="no", per_device_train_batch_size=8, fisher_batch_size=8, use_cpu=True, forget_loss="neg_ce",
+        forget_level="output",
     )
     return PBUConfig(**{**values, **overrides})
 
@@ -316,12 +317,12 @@ def test_resuming_a_checkpoint_of_another_run_is_refused(tmp_path, change):
 @pytest.mark.parametrize(("max_classes", "expected"), [(3, "exact"), (2, "mc")])
 def test_auto_fisher_estimator_is_exact_up_to_the_class_limit_then_mc(tmp_path, max_classes, expected):
     model, forget = forget_model_and_data()  # 3 classes
-    args = config(tmp_path, max_steps=1, fisher_exact_max_classes=max_classes)
-    assert args.fisher_estimator == "auto"
+    args = config(tmp_path, max_steps=1, fisher_estimator="auto", fisher_exact_max_classes=max_classes)
     trainer = PBUTrainer(model=model, args=args, train_dataset=forget)
     trainer.train()
     assert trainer.fisher_estimator == expected
     assert config(tmp_path, fisher_estimator="empirical").fisher_estimator_for(1000) == "empirical"
+    assert PBUConfig(output_dir=str(tmp_path)).fisher_estimator == "mc"  # the default: one sampled label an image
 
 
 def test_no_fisher_is_computed_when_beta_is_zero(tmp_path, monkeypatch):
@@ -330,3 +331,25 @@ def test_no_fisher_is_computed_when_beta_is_zero(tmp_path, monkeypatch):
     monkeypatch.setattr(trainer, "_fisher", lambda: pytest.fail("the Fisher was computed with beta = 0"))
     trainer.train()
     assert torch.all(trainer.penalty.weight == trainer.args.gamma)
+
+
+def test_fisher_is_estimated_on_a_seeded_sample_of_at_most_fisher_max_samples_images(tmp_path, monkeypatch):
+    import hf_pbu.trainer as trainer_module
+
+    seen = []
+    real = trainer_module.load_or_compute_fisher
+
+    def spy(model, dataset, *args, **kwargs):
+        seen.append([float(dataset[i]["pixel_values"].sum()) for i in range(len(dataset))])
+        return real(model, dataset, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "load_or_compute_fisher", spy)
+    for _ in range(2):
+        model, forget = forget_model_and_data(n=16)
+        PBUTrainer(model=model, args=config(tmp_path, max_steps=1, fisher_max_samples=5, stop_forget_accuracy=-1),
+                   train_dataset=forget).train()
+    model, forget = forget_model_and_data(n=16)
+    PBUTrainer(model=model, args=config(tmp_path, max_steps=1, fisher_max_samples=None, stop_forget_accuracy=-1),
+               train_dataset=forget).train()
+    assert len(seen[0]) == 5 and seen[0] == seen[1]  # the same seeded sample each run
+    assert len(seen[2]) == 16
