@@ -472,8 +472,10 @@ def load_or_compute_fisher(
     top_mass: float | None = None,
     memory_budget_bytes: int | None = None,
     autocast: Callable[[], AbstractContextManager] = nullcontext,
+    show_progress: bool = True,
 ) -> tuple[dict[str, torch.Tensor], float]:
-    """The Fisher from `cache_dir` when this model and data were seen before, else computed (and cached).
+    """The Fisher from `cache_dir` when this model and data were seen before, else computed (and cached), with a
+    progress bar unless `show_progress` is False (`--disable_tqdm`).
 
     While it is computed, each rank keeps its running sums in a partial file beside the cache entry (keyed by the
     batch size and the process count too), so that an interrupted run resumes where it stopped.
@@ -497,8 +499,8 @@ def load_or_compute_fisher(
         )
     start = time.perf_counter()
     fisher = compute_fisher_diagonal(
-        model, dataloader, estimator, mc_samples, seed, top_mass=top_mass, memory_budget_bytes=memory_budget_bytes,
-        autocast=autocast, partial_path=partial,
+        model, dataloader, estimator, mc_samples, seed, show_progress, top_mass=top_mass,
+        memory_budget_bytes=memory_budget_bytes, autocast=autocast, partial_path=partial,
     )
     seconds = time.perf_counter() - start
     if path is not None and is_main_process():

@@ -28,6 +28,7 @@ from .models import classifier_logits, num_classes
 from .penalty import AnchorPenalty
 from .publish import push_unlearned_model
 from .results import UnlearningResults
+from .verdict import is_forgotten, not_forgotten_message
 
 logger = logging.get_logger(__name__)
 
@@ -54,8 +55,8 @@ class ForgetStopCallback(TrainerCallback):
     epoch (the first steps covering as many training images as the forget set holds), the mean forget term plus
     the anchor penalty at the epoch's end; the run stops after `stop_plateau_patience` windows in a row that did
     not fall below the best so far by `stop_plateau_tolerance` (relative). The whole forget set's accuracy is then
-    measured and logged, with a warning if it is above `stop_forget_accuracy`. Both rules give every process the
-    same figures (summed over processes), so they stop together.
+    measured and logged (`PBUTrainer.train` judges it: `hf_pbu.verdict`). Both rules give every process the same
+    figures (summed over processes), so they stop together.
     """
 
     def __init__(self, trainer: "PBUTrainer"):
@@ -125,14 +126,9 @@ class ForgetStopCallback(TrainerCallback):
         self.trainer.stop_check_seconds += time.perf_counter() - start
         self.trainer.forget_train_accuracy_history.append((state.global_step, forget_accuracy))
         if self.trainer.stop_rule == "plateau":
-            message = (f"The objective has not fallen by {args.stop_plateau_tolerance:g} (relative) for "
-                       f"{args.stop_plateau_patience} windows: stopping at step {state.global_step}, forget accuracy "
-                       f"{forget_accuracy:.2f}%.")
-            if forget_accuracy > args.stop_forget_accuracy:
-                logger.warning(f"{message} That is above stop_forget_accuracy={args.stop_forget_accuracy}%: raise "
-                               "`alpha` or `learning_rate`.")
-            else:
-                logger.info(message)
+            logger.info(f"The objective has not fallen by {args.stop_plateau_tolerance:g} (relative) for "
+                        f"{args.stop_plateau_patience} windows: stopping at step {state.global_step}, forget accuracy "
+                        f"{forget_accuracy:.2f}%.")
         elif forget_accuracy <= args.stop_forget_accuracy:
             logger.info(
                 f"Forget accuracy {forget_accuracy:.2f}% <= {args.stop_forget_accuracy}% after {state.global_step} "
@@ -145,6 +141,7 @@ class ForgetStopCallback(TrainerCallback):
             )
             return False
         self.trainer.stopped_at_step = state.global_step
+        self.trainer.final_forget_accuracy = forget_accuracy
         control.should_training_stop = True
         return True
 
@@ -160,10 +157,7 @@ class ForgetStopCallback(TrainerCallback):
                 "the objective's plateau" if self.trainer.stop_rule == "plateau"
                 else f"forget accuracy <= {args.stop_forget_accuracy}%"
             )
-            logger.warning(
-                f"Training ended after {state.global_step} steps without reaching the stop criterion "
-                f"({criterion}): raise `num_train_epochs`, `alpha` or `learning_rate`."
-            )
+            logger.info(f"The step budget ({state.max_steps} steps) ran out before the stop criterion ({criterion}).")
 
 
 class PBUTrainer(Trainer):
@@ -185,6 +179,9 @@ class PBUTrainer(Trainer):
     transformers' `save_pretrained`), `create_model_card` writes the unlearning card and `unlearning_results.json`,
     and `push_to_hub` does both and uploads the folder once, at the end (no checkpoint is pushed during the run).
     `base_model_id` (the Hub id the model came from; default: read from the model) and `class_names` feed the card.
+
+    A run succeeds only if it forgot: `unlearning_results.forgotten` says whether the whole forget set's accuracy at
+    the end is at or below `args.stop_forget_accuracy` (`hf_pbu.verdict`), and a warning names what to change when not.
     """
 
     def __init__(
@@ -208,8 +205,8 @@ class PBUTrainer(Trainer):
             args = dataclasses.replace(args, max_steps=args.step_budget(len(train_dataset)))
             logger.info(
                 f"Step budget: {args.max_steps} optimizer steps ({args.num_train_epochs:g} epochs over "
-                f"{len(train_dataset)} forget images, counted as for one process); the stop criterion usually ends "
-                "the run first."
+                f"{len(train_dataset)} forget images, counted as for one process, and at least "
+                f"{args.min_step_budget}); the stop criterion usually ends the run first."
             )
         super().__init__(model=model, args=args, train_dataset=train_dataset, **kwargs)
         self.loss_is_scaled_for_ga = False  # the loss is a per-batch mean: let Trainer divide by the GA steps
@@ -229,6 +226,8 @@ class PBUTrainer(Trainer):
         self._norm_layers = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         self._step_counts = [0.0, 0.0, 0.0]  # (correct, seen, loss * images) of the current optimizer step
         self.stopped_at_step: int | None = None
+        self.final_forget_accuracy: float | None = None  # measured by the stop check that ended the run, if one did
+        self.non_finite_loss = False  # the run ended on a non-finite loss
         self.batch_accuracy: float | None = None  # the stop check's cheap signal: the last step's training batches
         self.forget_train_accuracy_history: list[tuple[int, float]] = []  # (step, percent) of whole-forget-set checks
         self.plateau_history: list[float] = []  # the plateau rule's objective, one per epoch
@@ -313,6 +312,7 @@ class PBUTrainer(Trainer):
             top_mass=args.fisher_top_mass,
             memory_budget_bytes=budget,
             autocast=self.accelerator.autocast,  # the run's precision; the sums stay fp32
+            show_progress=not args.disable_tqdm,
         )
         peak = torch.accelerator.max_memory_allocated(args.device) if on_accelerator else None
         self.fisher_memory = {"budget_bytes": budget, "peak_bytes": peak}
@@ -393,19 +393,26 @@ class PBUTrainer(Trainer):
             check_resumable(checkpoint, self.run_signature, self.args.output_dir)
         self.prepare_penalty()  # from the source model, before a checkpoint's weights are loaded
         self.prepare_reference()
+        self.final_forget_accuracy, self.non_finite_loss = None, False
         try:
             output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
         except NonFiniteLossError as err:
             logger.error(str(err))
-            self.stopped_at_step = None
+            self.stopped_at_step, self.final_forget_accuracy, self.non_finite_loss = None, None, True
             output = TrainOutput(self.state.global_step, float("nan"), {"non_finite_loss": 1.0})
         output.metrics.update(fisher_seconds=self.fisher_seconds, stop_check_seconds=self.stop_check_seconds)
+        if self.final_forget_accuracy is None:  # the run did not end by a stop check: measure the weights it ends with
+            self.final_forget_accuracy = self.forget_train_accuracy()
+        forgotten = is_forgotten(self.final_forget_accuracy, self.args)
+        if not forgotten:
+            logger.warning(self.not_forgotten_message(self.final_forget_accuracy))
         self.unlearning_results = UnlearningResults(
             forget_classes=self._forget_class_ids(),
             forget_train_samples=len(self.train_dataset),
             forget_loss=self.args.forget_loss,
             steps=self.state.global_step,
             stopped_at_step=self.stopped_at_step,
+            forgotten=forgotten,
             fisher_estimator=self.fisher_estimator,
             fisher_seconds=self.fisher_seconds,
             fisher_memory_budget_bytes=self.fisher_memory.get("budget_bytes"),
@@ -414,6 +421,11 @@ class PBUTrainer(Trainer):
             stop_check_seconds=self.stop_check_seconds,
         )
         return output
+
+    def not_forgotten_message(self, forget_train_accuracy: float) -> str:
+        """Why this run did not forget (at `forget_train_accuracy`) and the flag to change (`hf_pbu.verdict`)."""
+        return not_forgotten_message(forget_train_accuracy, self.state.global_step, self.args.max_steps,
+                                     self.stopped_at_step, self.stop_rule, self.non_finite_loss, self.args)
 
     def _forget_class_ids(self) -> list[int]:
         if self._forget_classes is not None:
