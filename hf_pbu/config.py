@@ -189,7 +189,8 @@ class PBUConfig(TrainingArguments):
         metadata={
             "help": "Least optimizer steps of the step budget when `max_steps` is unset: a forget set of a few dozen "
             "images is one batch, and 20 epochs over it are 20 steps, too few to forget a class (the default run "
-            "needed 45 to 190 steps on forget sets of 20 to 150 images, benchmarks/RESULTS.md, 'Small forget sets'). "
+            "reached its plateau after 31 to 201 steps on forget sets of 20 to 150 images, benchmarks/RESULTS.md, "
+            "'Small forget sets'). "
             "Larger forget sets keep `num_train_epochs` over them. The stop rule still ends the run first."
         },
     )
