@@ -31,6 +31,30 @@ SECTION_TITLE = "## Quality: PBU vs baselines (issue 5)"
 Cell = int | str
 
 
+def parse_study(arguments_class: type) -> tuple[Any, Any]:
+    """A study script's own arguments and the `PBUConfig` of its runs (any PBUConfig flag on the command line), its
+    runs saving, logging and showing nothing."""
+    import sys
+    import tempfile
+
+    from transformers import HfArgumentParser
+
+    from hf_pbu import PBUConfig
+
+    parser = HfArgumentParser((arguments_class, PBUConfig))
+    return parser.parse_args_into_dataclasses(
+        args=sys.argv[1:] + ["--output_dir", tempfile.mkdtemp(), "--save_strategy", "no", "--report_to", "none",
+                             "--logging_strategy", "no", "--disable_tqdm", "true"]
+    )
+
+
+def offline_dataset(name: str) -> DatasetDict:
+    """The benchmark dataset `name` ("digits" or "fashion_mnist"), offline."""
+    from offline_data import DEFAULT_DIR, digits_dataset, fashion_mnist_dataset
+
+    return digits_dataset() if name == "digits" else fashion_mnist_dataset(DEFAULT_DIR)
+
+
 def parse_cell(text: str) -> Cell:
     """A command-line cell: "3" -> 3, "6+0" -> "0+6" (several classes forgotten at once)."""
     classes = sorted({int(part) for part in str(text).split("+")})

@@ -7,18 +7,15 @@ The base model is the one `benchmarks/compare_methods.py` trained and cached (ru
 `--fisher_cache_dir` (default: the library's cache), so repeated runs on one class only pay it once.
 """
 
-import sys
-import tempfile
 from dataclasses import dataclass, field
 
 import timm
 import torch
-from cells import cell_splits
+from cells import cell_splits, offline_dataset, parse_study
 from forget_losses import MODEL_DIRS
-from offline_data import DEFAULT_DIR, digits_dataset, fashion_mnist_dataset
-from transformers import HfArgumentParser, TrainerCallback
+from transformers import TrainerCallback
 
-from hf_pbu import PBUConfig, PBUTrainer
+from hf_pbu import PBUTrainer
 from hf_pbu.evaluation import accuracy
 from hf_pbu.models import eval_transform
 
@@ -47,12 +44,8 @@ class Probe(TrainerCallback):
 
 def main() -> None:
     torch.set_num_threads(1)
-    parser = HfArgumentParser((DynamicsArguments, PBUConfig))
-    args, config = parser.parse_args_into_dataclasses(
-        args=sys.argv[1:] + ["--output_dir", tempfile.mkdtemp(), "--save_strategy", "no", "--report_to", "none",
-                             "--logging_strategy", "no", "--disable_tqdm", "true"]
-    )
-    data = digits_dataset() if args.dataset == "digits" else fashion_mnist_dataset(DEFAULT_DIR)
+    args, config = parse_study(DynamicsArguments)
+    data = offline_dataset(args.dataset)
     model = timm.create_model(f"local-dir:{args.base_model_dir or MODEL_DIRS[args.dataset]}", pretrained=True).eval()
     splits = cell_splits(data, eval_transform(model), args.forget_class, mia_members=0)
     retain_test = splits["retain_test"]

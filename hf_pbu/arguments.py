@@ -59,10 +59,20 @@ class DataArguments:
         },
     )
     image_column: str | None = field(default=None, metadata={"help": "Image column (default: detected)."})
-    label_column: str | None = field(default=None, metadata={"help": "Label column (default: detected)."})
+    label_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "Label column, one class per image (default: the first ClassLabel column, else 'label', 'labels', "
+            "'fine_label', 'class' or 'target'). A column of lists (multi-label data) is refused."
+        },
+    )
     match_labels_by_id: bool = field(
         default=False,
-        metadata={"help": "Take the dataset's class ids as the model's even when their names differ."},
+        metadata={
+            "help": "Take the dataset's class ids as the model's even when their names differ, or when the model's "
+            "head has more outputs than the dataset has classes (a 1000-class head fine-tuned on a subset): dataset id "
+            "i is output i."
+        },
     )
     mia_samples: int = field(
         default=1000,

@@ -5,12 +5,15 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal
 
+import torch
 from transformers import TrainingArguments
-from transformers.utils import strtobool
+from transformers.utils import logging, strtobool
 
 from .argument_checks import check_numeric_arguments
 from .fisher import ESTIMATORS
 from .forget_losses import FORGET_LOSSES, build_forget_loss
+
+logger = logging.get_logger(__name__)
 
 FISHER_ESTIMATOR_CHOICES = ("auto", *ESTIMATORS)
 FisherEstimator = Literal[FISHER_ESTIMATOR_CHOICES]
@@ -32,9 +35,9 @@ class PBUConfig(TrainingArguments):
     `hf_pbu.forget_losses`).
 
     Defaults follow the reference code (Adam, batch 64, alpha 721, beta 100, gamma 4001), except the learning rate
-    (5e-5, measured: benchmarks/RESULTS.md). The number of epochs sets an upper bound on optimizer steps, counted as
-    for one process whatever the number of processes (`step_budget`): the run stops as soon as the forget accuracy
-    drops to `stop_forget_accuracy`.
+    (5e-5, measured: benchmarks/RESULTS.md). The number of epochs, and at least `min_step_budget` steps, set an upper
+    bound on optimizer steps, counted as for one process whatever the number of processes (`step_budget`): the run
+    stops by its stop rule first (`stop_rule`).
 
     Every number is checked when the arguments are built (`hf_pbu.argument_checks`): finite and in its range, with
     one `ValueError` naming the flag, so that `alpha=nan` or `learning_rate=0` never reaches a run.
@@ -218,7 +221,18 @@ class PBUConfig(TrainingArguments):
         default=20.0,
         metadata={
             "help": "Upper bound on epochs over the forget data, as one process counts them (the step budget when "
-            "`max_steps` is unset); the stop criterion usually ends the run first."
+            "`max_steps` is unset, and at least `min_step_budget` steps); the stop criterion usually ends the run "
+            "first."
+        },
+    )
+    min_step_budget: int = field(
+        default=400,
+        metadata={
+            "help": "Least optimizer steps of the step budget when `max_steps` is unset: a forget set of a few dozen "
+            "images is one batch, and 20 epochs over it are 20 steps, too few to forget a class (the default run "
+            "reached its plateau after 31 to 201 steps on forget sets of 20 to 150 images, benchmarks/RESULTS.md, "
+            "'Small forget sets'). "
+            "Larger forget sets keep `num_train_epochs` over them. The stop rule still ends the run first."
         },
     )
     lr_scheduler_type: str = field(
@@ -230,7 +244,8 @@ class PBUConfig(TrainingArguments):
         metadata={
             "help": "Upper bound on optimizer steps. Unset (-1): `num_train_epochs` over the forget data as one "
             "process would count them (per-device batch and gradient accumulation, not the number of processes), so "
-            "that a run on 8 GPUs has the same step budget as on one and each step sees 8 times the images."
+            "that a run on 8 GPUs has the same step budget as on one and each step sees 8 times the images; at least "
+            "`min_step_budget`."
         },
     )
     save_steps: float = field(
@@ -242,7 +257,11 @@ class PBUConfig(TrainingArguments):
     )
     save_total_limit: int | None = field(default=1, metadata={"help": "Keep only the last checkpoint."})
     remove_unused_columns: bool = field(
-        default=False, metadata={"help": "Keep `pixel_values`/`labels`: timm models take a positional tensor."}
+        default=False,
+        metadata={
+            "help": "Always False: the images are decoded and transformed on the fly from the dataset's image and "
+            "label columns, which `True` would drop before they are read (set back to False with a notice)."
+        },
     )
     label_names: list[str] | None = field(
         default_factory=lambda: ["labels"], metadata={"help": "Keys of the inputs that hold the labels."}
@@ -260,7 +279,10 @@ class PBUConfig(TrainingArguments):
     def __post_init__(self):
         refuse_sharded_training(self)
         check_numeric_arguments(self)  # every number finite and in range, before `TrainingArguments` uses them
+        keep_image_columns(self)
         super().__post_init__()
+        if self.dataloader_pin_memory and (self.use_cpu or not torch.accelerator.is_available()):
+            self.dataloader_pin_memory = False  # nothing to pin for, and DataLoader would warn every epoch
         if self.fisher_estimator not in FISHER_ESTIMATOR_CHOICES:
             choices = ", ".join(map(repr, FISHER_ESTIMATOR_CHOICES))
             raise ValueError(f"fisher_estimator={self.fisher_estimator!r} is not one of {choices}.")
@@ -291,12 +313,24 @@ class PBUConfig(TrainingArguments):
 
     def step_budget(self, num_samples: int) -> int:
         """Optimizer steps of `num_train_epochs` over `num_samples` forget images in one process (the count
-        `Trainer` makes with a single process), used as `max_steps` when none is given: with N processes, `Trainer`
-        would divide it by N (a budget of <= 40 steps on 8 GPUs where one GPU had 300)."""
+        `Trainer` makes with a single process), and at least `min_step_budget`, used as `max_steps` when none is
+        given: with N processes, `Trainer` would divide it by N (a budget of <= 40 steps on 8 GPUs where one GPU had
+        300). The floor counts optimizer steps because that is what forgetting takes, whatever the set's size: 20
+        epochs over 40 images are 20 steps."""
         batches = num_samples / self.train_batch_size
         batches = math.floor(batches) if self.dataloader_drop_last else math.ceil(batches)
         updates_per_epoch = max(math.ceil(batches / self.gradient_accumulation_steps), 1)
-        return math.ceil(self.num_train_epochs * updates_per_epoch)
+        return max(math.ceil(self.num_train_epochs * updates_per_epoch), self.min_step_budget)
+
+
+def keep_image_columns(args: TrainingArguments) -> None:
+    """`remove_unused_columns=True` (carried over from a training script) would drop the image and label columns
+    that the on-the-fly transform reads, and the run would fail after the Fisher: set it back to False, with a notice,
+    before any work is done."""
+    if args.remove_unused_columns:
+        logger.warning("--remove_unused_columns True would drop the image and label columns that the run decodes on "
+                       "the fly: using --remove_unused_columns False.")
+        args.remove_unused_columns = False
 
 
 def refuse_sharded_training(args: TrainingArguments) -> None:

@@ -1,7 +1,6 @@
 """Image-classification data as `datasets` objects, and the splits that unlearning needs."""
 
 import dataclasses
-import io
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -13,14 +12,16 @@ from datasets import (
     DatasetDict,
     Features,
     Image,
+    LargeList,
+    List,
     Value,
     load_dataset,
     load_dataset_builder,
     load_from_disk,
 )
-from PIL import Image as PILImage
 from transformers.utils import logging
 
+from .images import open_image
 from .models import LoadedClassifier, generic_label_names, num_classes
 
 logger = logging.get_logger(__name__)
@@ -43,12 +44,16 @@ def with_image_transform(
     label_column: str = "label",
     in_chans: int = 3,
 ) -> Dataset:
-    """`dataset` yielding `{"pixel_values", "labels"}` through `transform`, applied lazily (`with_transform`)."""
+    """`dataset` yielding `{"pixel_values", "labels"}` through `transform`, applied lazily (`with_transform`), on
+    images read as `datasets` decodes them (`hf_pbu.images.open_image`: the column's Image feature, EXIF orientation,
+    bit depth scaled to 8 bits) in the model's mode."""
     mode = {1: "L", 3: "RGB"}.get(in_chans, "RGB")
+    feature = dataset.features.get(image_column)
+    feature = feature if isinstance(feature, Image) else None
 
     def apply(batch: dict) -> dict:
         return {
-            "pixel_values": [transform(open_image(image).convert(mode)) for image in batch[image_column]],
+            "pixel_values": [transform(open_image(image, mode, feature)) for image in batch[image_column]],
             "labels": batch[label_column],
         }
 
@@ -121,33 +126,19 @@ def unlearning_splits(
     return splits
 
 
-def open_image(value) -> PILImage.Image:
-    """A decoded image from a PIL image or an undecoded `datasets` Image value ({"path", "bytes"}), with an
-    error that names the file when it cannot be read."""
-    if isinstance(value, PILImage.Image):
-        return value
-    path, data = value.get("path"), value.get("bytes")
-    try:
-        image = PILImage.open(io.BytesIO(data) if data is not None else path)
-        image.load()
-    except (OSError, SyntaxError, ValueError) as err:
-        raise ValueError(
-            f"Cannot read the image file {path or '<embedded bytes>'}: {err}. Remove or replace it."
-        ) from None
-    return image
-
-
 @dataclass
 class ImageData:
     """A "train" and a "test" split with the names of their image and label (ClassLabel) columns; `eval_split`
     names the source split of "test" (e.g. "validation"), `holdout_fraction` is set when "test" was held out of
-    the training split instead."""
+    the training split instead. `other_label_columns`: the dataset's other columns that could hold the labels, when
+    the label column was detected rather than given (named in the error when its classes do not match the model's)."""
 
     splits: DatasetDict
     image_column: str
     label_column: str
     eval_split: str = "test"
     holdout_fraction: float = 0.0
+    other_label_columns: tuple[str, ...] = ()  # where the label column was detected: the other candidates
 
     @property
     def names(self) -> list[str]:
@@ -179,11 +170,32 @@ def _load_source(dataset_name: str | None, dataset_config: str | None, dataset_d
     return load_dataset(**source)
 
 
+def label_columns(features: Features) -> list[str]:
+    """The columns that may hold the labels, in the order they are tried: every ClassLabel, then the columns with a
+    usual label name."""
+    labelled = [c for c in features if isinstance(features[c], ClassLabel)]
+    return labelled + [c for c in LABEL_COLUMN_GUESSES if c in features and c not in labelled]
+
+
+def check_single_label(features: Features, label_column: str) -> None:
+    """Refuse a label column of lists (multi-label data): class unlearning forgets the images of a class, which
+    needs one class per image."""
+    if isinstance(features[label_column], (List, LargeList, list)):
+        others = [c for c in label_columns(features) if c != label_column
+                  and not isinstance(features[c], (List, LargeList, list))]
+        hint = (f"pass --label_column with a column of one class per image ({', '.join(map(repr, others))})" if others
+                else "give each image one class (a ClassLabel or integer column) and pass it as --label_column")
+        raise ValueError(
+            f"The label column {label_column!r} holds lists ({features[label_column]}): several labels per image "
+            f"(multi-label data). Class unlearning needs one class per image: {hint}."
+        )
+
+
 def detect_columns(
     features: Features, image_column: str | None = None, label_column: str | None = None
 ) -> tuple[str, str]:
     """(image column, label column): the ones given, else the first Image feature and the first ClassLabel (or a
-    column with a usual label name)."""
+    column with a usual label name). A label column of lists (multi-label) is refused."""
     columns = list(features)
     for given, flag in ((image_column, "--image_column"), (label_column, "--label_column")):
         if given is not None and given not in features:
@@ -192,11 +204,11 @@ def detect_columns(
     image_column = image_column or next((c for c in columns if isinstance(features[c], Image)), None)
     if image_column is None:
         raise ValueError(f"Found no image column among {', '.join(columns)}: pass --image_column.")
-    label_column = label_column or next((c for c in columns if isinstance(features[c], ClassLabel)), None)
-    label_column = label_column or next((c for c in LABEL_COLUMN_GUESSES if c in features), None)
+    label_column = label_column or next(iter(label_columns(features)), None)
     if label_column is None:
         raise ValueError(f"Found no label column among {', '.join(columns)} (for an imagefolder, put the images "
                          "of each class in a sub-folder named after it): pass --label_column.")
+    check_single_label(features, label_column)
     return image_column, label_column
 
 
@@ -287,17 +299,22 @@ def load_image_dataset(
     data = _load_source(dataset_name, dataset_config, dataset_dir, cache_dir, needed)
     _, *evaluation = needed(list(data))  # again: a saved dataset is loaded whole
     source = evaluation[0] if evaluation else None
+    given_label_column = label_column
     image_column, label_column = detect_columns(data[train_split].features, image_column, label_column)
+    others = () if given_label_column else tuple(
+        c for c in label_columns(data[train_split].features) if c not in (label_column, image_column))
     splits = DatasetDict(train=data[train_split], **({"test": data[source]} if source else {}))
-    splits = _encode_labels(splits, label_column).cast_column(image_column, Image(decode=False))
+    feature = splits["train"].features[image_column]
+    undecoded = Image(mode=feature.mode if isinstance(feature, Image) else None, decode=False)
+    splits = _encode_labels(splits, label_column).cast_column(image_column, undecoded)
     check_labels(splits["train"], train_split, label_column, "--train_split")
     if source:
         check_labels(splits["test"], source, label_column, "--eval_split")
-        return ImageData(splits, image_column, label_column, source)
+        return ImageData(splits, image_column, label_column, source, other_label_columns=others)
     logger.warning(f"Measuring on {eval_holdout_fraction:.0%} of {train_split!r} held out (stratified, seed {seed}).")
     splits = splits["train"].train_test_split(test_size=eval_holdout_fraction, seed=seed,
                                               stratify_by_column=label_column)
-    return ImageData(splits, image_column, label_column, train_split, eval_holdout_fraction)
+    return ImageData(splits, image_column, label_column, train_split, eval_holdout_fraction, others)
 
 
 def _relabel(dataset: Dataset, label_column: str, lookup: Sequence[int], names: Sequence[str]) -> Dataset:
@@ -308,36 +325,58 @@ def _relabel(dataset: Dataset, label_column: str, lookup: Sequence[int], names: 
     )
 
 
+def other_label_columns_hint(data: ImageData) -> str:
+    """The sentence naming the dataset's other label columns and `--label_column`, for an error about the labels,
+    when the label column was detected and others could hold the labels the model was trained on; else ""."""
+    if not data.other_label_columns:
+        return ""
+    described = ", ".join(
+        f"{column!r}" + (f" ({len(class_names(data.splits['train'], column))} classes)"
+                         if isinstance(data.splits["train"].features[column], ClassLabel) else "")
+        for column in data.other_label_columns
+    )
+    return (f" The labels were read from {data.label_column!r}, the first label column; the dataset also has "
+            f"{described}: pass --label_column {data.other_label_columns[0]} if the model was trained on it.")
+
+
 def align_labels(data: ImageData, model_names: Sequence[str] | None, model_classes: int,
                  by_id: bool = False) -> ImageData:
     """Put the dataset's labels in the model's class-id space.
 
     Equal names: nothing to do. Both sides named, dataset names all among the model's: mapped by name. Either side
-    unnamed (or `by_id`): ids are taken as they are, which needs the same number of classes. Anything else is
-    refused, since unlearning "class 3" of the wrong label space would silently forget the wrong class.
+    unnamed (or `by_id`): ids are taken as they are, which needs the same number of classes, or, with `by_id`, no
+    more classes than the model's head (a 1000-class head fine-tuned on a subset: dataset id i is output i). Anything
+    else is refused, naming the flag or column to change, since unlearning "class 3" of the wrong label space would
+    silently forget the wrong class.
     """
     names = data.names
     if model_names is not None and list(model_names) == names:
         return data
+    hint = other_label_columns_hint(data)
     if model_names is None or by_id or generic_label_names(names):
-        if len(names) != model_classes:
+        if len(names) > model_classes or (len(names) < model_classes and not by_id):
+            fix = (" If the dataset's class ids are the model's outputs (a larger head fine-tuned on these classes), "
+                   "pass --match_labels_by_id; otherwise" if len(names) < model_classes else "")
             raise ValueError(
-                f"The model has {model_classes} classes but the dataset has {len(names)}: use the dataset the model "
-                "was trained on, or a model fine-tuned on this dataset."
+                f"The model has {model_classes} classes but the dataset has {len(names)}.{fix} use the dataset the "
+                f"model was trained on, or a model fine-tuned on this dataset.{hint}"
             )
-        if model_names is None:
+        if model_names is None and len(names) == model_classes:
             return data
-        lookup, target = range(model_classes), model_names
-        logger.warning("Matching the dataset's classes to the model's by id, not by name.")
+        lookup = range(len(names))
+        target = list(model_names) if model_names else [*names, *map(str, range(len(names), model_classes))]
+        logger.warning("Matching the dataset's classes to the model's by id, not by name"
+                       + (f" (dataset ids 0..{len(names) - 1} of the model's {model_classes} outputs)."
+                          if len(names) < model_classes else "."))
     else:
         missing = [name for name in names if name not in model_names]
         if missing:
-            hint = " or pass --match_labels_by_id if the ids correspond" if len(names) == model_classes else ""
+            by_id_hint = " or pass --match_labels_by_id if the ids correspond" if len(names) <= model_classes else ""
             raise ValueError(
                 f"The dataset's class names do not match the model's: {len(missing)} of the dataset's {len(names)} "
                 f"classes are not among the model's {model_classes} labels (e.g. {', '.join(map(repr, missing[:3]))}"
                 f"; the model has e.g. {', '.join(map(repr, list(model_names)[:3]))}). Use the dataset the model was "
-                f"trained on{hint}."
+                f"trained on{by_id_hint}.{hint}"
             )
         lookup, target = [list(model_names).index(name) for name in names], model_names
         logger.info("Mapped the dataset's classes to the model's by name.")

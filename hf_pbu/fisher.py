@@ -485,8 +485,10 @@ def load_or_compute_fisher(
     top_mass: float | None = None,
     memory_budget_bytes: int | None = None,
     autocast: Callable[[], AbstractContextManager] = nullcontext,
+    show_progress: bool = True,
 ) -> tuple[dict[str, torch.Tensor], float, str]:
-    """The Fisher from `cache_dir` when this model and data were seen before, else computed (and cached).
+    """The Fisher from `cache_dir` when this model and data were seen before, else computed (and cached), with a
+    progress bar unless `show_progress` is False (`--disable_tqdm`).
 
     A cache file is used only if it is sound (`hf_pbu.fisher_cache`: shapes, finite, non-negative, checksum); a bad
     one is set aside with a warning and the Fisher computed again. While it is computed, each rank keeps its running
@@ -512,8 +514,8 @@ def load_or_compute_fisher(
         partial = PartialSums(fisher_partial_path(path, getattr(dataloader, "batch_size", None)))
     start = time.perf_counter()
     fisher = compute_fisher_diagonal(
-        model, dataloader, estimator, mc_samples, seed, top_mass=top_mass, memory_budget_bytes=memory_budget_bytes,
-        autocast=autocast, partial_path=partial,
+        model, dataloader, estimator, mc_samples, seed, show_progress, top_mass=top_mass,
+        memory_budget_bytes=memory_budget_bytes, autocast=autocast, partial_path=partial,
     )
     seconds = partial.seconds if partial is not None else time.perf_counter() - start
     check_fisher_is_finite(fisher)

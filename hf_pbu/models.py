@@ -35,9 +35,13 @@ TIMM_PREFIXES = ("hf-hub:", "hf_hub:", "local-dir:")
 
 
 def classifier_logits(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
-    """Logits of `model` for a batch: timm models return a tensor, transformers models an output with `.logits`."""
+    """Logits of `model` for a batch: timm models return a tensor, transformers models an output with `.logits` (or,
+    for PP-LCNet, its first field, `last_hidden_state`, which its documentation reads as the logits)."""
     output = model(pixel_values)
-    return output if isinstance(output, torch.Tensor) else output.logits
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    return logits if logits is not None else output[0]
 
 
 def num_classes(model: nn.Module) -> int:
@@ -152,10 +156,13 @@ def _read_config(model_id: str, cache_dir: str | None, revision: str | None) -> 
 
 
 def _family(config: dict, model_id: str) -> Family:
-    if "architecture" in config and "pretrained_cfg" in config:
-        return "timm"
+    """transformers when config.json names a `model_type` (a timm model saved through transformers, model_type
+    "timm_wrapper", also carries timm's "architecture" and "pretrained_cfg", but its weights are in transformers'
+    layout); else timm for timm's own Hub layout."""
     if "model_type" in config:
         return "transformers"
+    if "architecture" in config and "pretrained_cfg" in config:
+        return "timm"
     raise ValueError(
         f"{model_id!r} is neither a timm model (config.json with 'architecture' and 'pretrained_cfg') nor a "
         "transformers model (config.json with 'model_type'): pass an image classifier from either library."
@@ -202,9 +209,24 @@ def processor_transform(processor) -> Callable:
     return ProcessorTransform(processor)
 
 
+# Image classifiers of the `AutoModelForImageClassification` mapping that take more than a batch of pixel values, which
+# is all a run feeds: refused at load with the reason.
+UNSUPPORTED_MODEL_TYPES = {
+    "imagegpt": "it classifies colour-cluster token ids (`input_ids`), not pixel values",
+    "shieldgemma2": "it is a vision-language model that reads a text prompt (`input_ids`) with the image",
+    "siglip2": "it reads patches of varying layout with their `pixel_attention_mask` and `spatial_shapes`, not a "
+    "fixed-size batch of pixel values (SigLIP, `model_type: siglip`, is supported)",
+}
+
+
 def _load_transformers(model_id: str, config: dict, revision: str | None, cache_dir: str | None) -> LoadedClassifier:
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
+    model_type = config.get("model_type")
+    if model_type in UNSUPPORTED_MODEL_TYPES:
+        raise ValueError(f"{model_id!r} (model_type {model_type!r}) cannot be unlearned by hf_pbu: "
+                         f"{UNSUPPORTED_MODEL_TYPES[model_type]}. Pass an image classifier that takes pixel values "
+                         "alone (ViT, ConvNeXt, ResNet, a timm model, ...).")
     try:
         model = AutoModelForImageClassification.from_pretrained(model_id, revision=revision, cache_dir=cache_dir)
     except ValueError as err:
@@ -227,10 +249,19 @@ def _load_transformers(model_id: str, config: dict, revision: str | None, cache_
         transform=processor_transform(processor),
         label_names=_specific_names(names, model.config.num_labels),
         family="transformers",
-        in_chans=int(getattr(model.config, "num_channels", 3)),
+        in_chans=_transformers_in_chans(model.config),
         source=model_id,
         image_processor=processor,
     )
+
+
+def _transformers_in_chans(config) -> int:
+    """Input channels of a transformers classifier: `num_channels`, or a TimmWrapper's timm `pretrained_cfg`
+    input size (C, H, W); 3 when neither says."""
+    if getattr(config, "num_channels", None):
+        return int(config.num_channels)
+    input_size = (getattr(config, "pretrained_cfg", None) or {}).get("input_size")
+    return int(input_size[0]) if input_size else 3
 
 
 def load_classifier(model_id: str, revision: str | None = None, cache_dir: str | None = None) -> LoadedClassifier:
@@ -253,24 +284,56 @@ def load_classifier(model_id: str, revision: str | None = None, cache_dir: str |
     return _load_transformers(model_id, config, revision, cache_dir)
 
 
-def classifier_head(model: nn.Module) -> nn.Module:
-    """The module that turns the pooled features into logits: timm's `get_classifier()`, transformers'
-    `classifier`, else a `head` or `fc` attribute. Its input is what `penultimate_features` returns."""
+# Attributes that hold a transformers classifier's head, tried in order: `classifier` for most families,
+# `cls_classifier` for DeiT with its distillation head, `head` (SwiftFormer, PP-LCNet), `fc` (HGNetV2 and TextNet,
+# whose `classifier` is a list of pooling modules).
+HEAD_ATTRIBUTES = ("classifier", "cls_classifier", "head", "fc")
+
+
+def _inner(model: nn.Module) -> nn.Module:
+    """The classifier itself: inside a DistributedDataParallel / accelerate wrapper (`module`) and inside
+    transformers' TimmWrapper (`timm_model`)."""
     model = getattr(model, "module", model)
+    return getattr(model, "timm_model", model)
+
+
+def _last_linear(module: nn.Module) -> nn.Linear | None:
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else None
+
+
+def classifier_head(model: nn.Module) -> nn.Module:
+    """The module that turns the pooled features into logits; its input is what `penultimate_features` returns.
+
+    timm models (also inside transformers' TimmWrapper): `get_classifier()`. transformers models: the first of
+    `HEAD_ATTRIBUTES` that is a layer (not a list of modules) ending in an `nn.Linear` with one output per class, else
+    the last such `nn.Linear` of the model (Perceiver's decoder). Families that average two heads (DeiT and LeViT with
+    their distillation head, SwiftFormer) give their class-token head."""
+    outer = getattr(model, "module", model)
+    model = _inner(outer)
     if callable(getattr(model, "get_classifier", None)):
         return model.get_classifier()
-    for name in ("classifier", "head", "fc"):
+    count = num_classes(outer) if hasattr(outer, "num_classes") or hasattr(outer, "config") else None
+
+    def classifies(linear: nn.Module | None) -> bool:
+        return isinstance(linear, nn.Linear) and count in (None, linear.out_features)
+
+    for name in HEAD_ATTRIBUTES:
         module = getattr(model, name, None)
-        if isinstance(module, nn.Module):
-            return module
+        if isinstance(module, nn.Module) and not isinstance(module, (nn.ModuleList, nn.ModuleDict)):
+            if classifies(_last_linear(module)):
+                return module
+    linear = next((m for m in reversed(list(model.modules())) if classifies(m) and count is not None), None)
+    if linear is not None:
+        return linear
     raise ValueError(
-        f"Cannot find the classifier head of {type(model).__name__}: expected a timm model (`get_classifier()`), "
-        "a transformers *ForImageClassification (`classifier`), or a module with a `head` or `fc` attribute."
+        f"Cannot find the classifier head of {type(model).__name__}: expected a timm model (`get_classifier()`), a "
+        f"transformers *ForImageClassification with a `classifier` (or {', '.join(HEAD_ATTRIBUTES[1:])}) layer, or "
+        f"an nn.Linear with one output per class."
     )
 
 
 def head_linear(model: nn.Module) -> nn.Linear | None:
-    """The last `nn.Linear` of the classifier head (transformers' ResNet head is Flatten -> Linear), or None."""
-    head = classifier_head(model)
-    linears = [module for module in head.modules() if isinstance(module, nn.Linear)]
-    return linears[-1] if linears else None
+    """The last `nn.Linear` of the classifier head (transformers' ResNet head is Flatten -> Linear, LeViT's
+    BatchNorm -> Linear), or None (a timm head that is a 1x1 convolution)."""
+    return _last_linear(classifier_head(model))

@@ -38,6 +38,9 @@ class UnlearningResults:
     forget_loss: str
     steps: int
     stopped_at_step: int | None = None
+    # Whether the run forgot: the forget-train accuracy at the end at or below `stop_forget_accuracy` (None: not
+    # judged). A run that did not forget is kept, marked, and not pushed.
+    forgotten: bool | None = None
     before: Measurement | None = None
     after: Measurement | None = None
     retrain: Measurement | None = None  # a retrain-from-scratch reference, where one was measured
@@ -56,6 +59,7 @@ class UnlearningResults:
     resumed_seconds: float = 0.0  # the part of `unlearn_seconds` spent before that checkpoint
     stop_check_seconds: float = 0.0
     evidence: dict[str, Any] | None = field(default=None)
+    evidence_error: str | None = None  # the evidence step failed after the model was saved: why
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

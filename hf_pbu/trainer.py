@@ -39,6 +39,7 @@ from .models import classifier_logits, head_linear, num_classes
 from .penalty import AnchorPenalty
 from .publish import push_unlearned_model
 from .results import UnlearningResults
+from .verdict import is_forgotten, not_forgotten_message
 
 logger = logging.get_logger(__name__)
 
@@ -61,8 +62,8 @@ class ForgetStopCallback(TrainerCallback, ExportableState):
     epoch (the first steps covering as many training images as the forget set holds), the mean forget term plus
     the anchor penalty at the epoch's end; the run stops after `stop_plateau_patience` windows in a row that did
     not fall below the best so far by `stop_plateau_tolerance` (relative). The whole forget set's accuracy is then
-    measured and logged, with a warning if it is above `stop_forget_accuracy`. Both rules give every process the
-    same figures (summed over processes), so they stop together.
+    measured and logged (`PBUTrainer.train` judges it: `hf_pbu.verdict`). Both rules give every process the same
+    figures (summed over processes), so they stop together.
 
     The rules' progress is saved in each checkpoint (`state`) and restored on resume (`restore`), so that a resumed
     run stops at the step an uninterrupted one would.
@@ -143,14 +144,9 @@ class ForgetStopCallback(TrainerCallback, ExportableState):
                         f"accuracy {forget_accuracy:.2f}%) after {state.global_step} updates: stopping with these "
                         "weights.")
         elif self.trainer.stop_rule == "plateau":
-            message = (f"The objective has not fallen by {args.stop_plateau_tolerance:g} (relative) for "
-                       f"{args.stop_plateau_patience} windows: stopping at step {state.global_step}, forget accuracy "
-                       f"{forget_accuracy:.2f}%.")
-            if forget_accuracy > args.stop_forget_accuracy:
-                logger.warning(f"{message} That is above stop_forget_accuracy={args.stop_forget_accuracy}%: raise "
-                               "`alpha` or `learning_rate`.")
-            else:
-                logger.info(message)
+            logger.info(f"The objective has not fallen by {args.stop_plateau_tolerance:g} (relative) for "
+                        f"{args.stop_plateau_patience} windows: stopping at step {state.global_step}, forget accuracy "
+                        f"{forget_accuracy:.2f}%.")
         elif forget_accuracy <= args.stop_forget_accuracy:
             logger.info(
                 f"Forget accuracy {forget_accuracy:.2f}% <= {args.stop_forget_accuracy}% after {state.global_step} "
@@ -163,6 +159,7 @@ class ForgetStopCallback(TrainerCallback, ExportableState):
             )
             return False
         self.trainer.stopped_at_step = state.global_step
+        self.trainer.final_forget_accuracy = forget_accuracy
         control.should_training_stop = True
         return True
 
@@ -194,10 +191,7 @@ class ForgetStopCallback(TrainerCallback, ExportableState):
                 "plateau": "the objective's plateau",
                 "ranked_last": f"the forgotten classes last on all but {args.stop_forget_accuracy}% of their images",
             }.get(self.trainer.stop_rule, f"forget accuracy <= {args.stop_forget_accuracy}%")
-            logger.warning(
-                f"Training ended after {state.global_step} steps without reaching the stop criterion "
-                f"({criterion}): raise `num_train_epochs`, `alpha` or `learning_rate`."
-            )
+            logger.info(f"The step budget ({state.max_steps} steps) ran out before the stop criterion ({criterion}).")
 
 
 class ForgetRowsCallback(TrainerCallback):
@@ -232,6 +226,9 @@ class PBUTrainer(Trainer):
     transformers' `save_pretrained`), `create_model_card` writes the unlearning card and `unlearning_results.json`,
     and `push_to_hub` does both and uploads the folder once, at the end (no checkpoint is pushed during the run).
     `base_model_id` (the Hub id the model came from; default: read from the model) and `class_names` feed the card.
+
+    A run succeeds only if it forgot: `unlearning_results.forgotten` says whether the whole forget set's accuracy at
+    the end is at or below `args.stop_forget_accuracy` (`hf_pbu.verdict`), and a warning names what to change when not.
     """
 
     def __init__(
@@ -255,8 +252,8 @@ class PBUTrainer(Trainer):
             args = dataclasses.replace(args, max_steps=args.step_budget(len(train_dataset)))
             logger.info(
                 f"Step budget: {args.max_steps} optimizer steps ({args.num_train_epochs:g} epochs over "
-                f"{len(train_dataset)} forget images, counted as for one process); the stop criterion usually ends "
-                "the run first."
+                f"{len(train_dataset)} forget images, counted as for one process, and at least "
+                f"{args.min_step_budget}); the stop criterion usually ends the run first."
             )
         super().__init__(model=model, args=args, train_dataset=train_dataset, **kwargs)
         self.loss_is_scaled_for_ga = False  # the loss is a per-batch mean: let Trainer divide by the GA steps
@@ -279,6 +276,7 @@ class PBUTrainer(Trainer):
         self._norm_layers = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         self._step_counts = [0.0, 0.0, 0.0]  # (correct, seen, loss * images) of the current optimizer step
         self.stopped_at_step: int | None = None
+        self.final_forget_accuracy: float | None = None  # measured by the stop check that ended the run, if one did
         self.batch_accuracy: float | None = None  # the stop check's cheap signal: the last step's training batches
         self.forget_train_accuracy_history: list[tuple[int, float]] = []  # (step, percent) of whole-forget-set checks
         self.plateau_history: list[float] = []  # the plateau rule's objective, one per epoch
@@ -394,6 +392,7 @@ class PBUTrainer(Trainer):
             top_mass=args.fisher_top_mass,
             memory_budget_bytes=budget,
             autocast=self.accelerator.autocast,  # the run's precision; the sums stay fp32
+            show_progress=not args.disable_tqdm,
         )
         peak = torch.accelerator.max_memory_allocated(args.device) if on_accelerator else None
         self.fisher_memory = {"budget_bytes": budget, "peak_bytes": peak}
@@ -543,6 +542,7 @@ class PBUTrainer(Trainer):
         self.prepare_penalty()  # from the source model, before a checkpoint's weights are loaded
         self.prepare_reference()
         self._train_start = time.perf_counter()
+        self.final_forget_accuracy = None
         try:
             output = super().train(resume_from_checkpoint=checkpoint, **kwargs)
         except (NonFiniteLossError, NonFiniteWeightsError):
@@ -564,12 +564,18 @@ class PBUTrainer(Trainer):
                           "precision: raise `learning_rate` or `alpha`")
             raise UnchangedWeightsError(f"The weights are exactly the original ones, nothing was unlearned: {reason}.")
         output.metrics.update(fisher_seconds=self.fisher_seconds, stop_check_seconds=self.stop_check_seconds)
+        if self.final_forget_accuracy is None:  # the run did not end by a stop check: measure the weights it ends with
+            self.final_forget_accuracy = self.forget_train_accuracy()
+        forgotten = is_forgotten(self.final_forget_accuracy, self.args)
+        if not forgotten:
+            logger.warning(self.not_forgotten_message(self.final_forget_accuracy))
         self.unlearning_results = UnlearningResults(
             forget_classes=self._forget_class_ids(),
             forget_train_samples=len(self.train_dataset),
             forget_loss=self.args.forget_loss,
             steps=self.state.global_step,
             stopped_at_step=self.stopped_at_step,
+            forgotten=forgotten,
             fisher_estimator=self.fisher_estimator,
             fisher_seconds=self.fisher_seconds,
             fisher_source=self.fisher_source,
@@ -640,6 +646,10 @@ class PBUTrainer(Trainer):
             if self.run_signature is None:
                 self.run_signature = run_signature(self.model, self.train_dataset, self.args, self.run_metadata)
             publish_checkpoint(staged, output_dir, self.run_signature, self.args.save_total_limit)
+    def not_forgotten_message(self, forget_train_accuracy: float) -> str:
+        """Why this run did not forget (at `forget_train_accuracy`) and the flag to change (`hf_pbu.verdict`)."""
+        return not_forgotten_message(forget_train_accuracy, self.state.global_step, self.args.max_steps,
+                                     self.stopped_at_step, self.stop_rule, self.args)
 
     def _forget_class_ids(self) -> list[int]:
         if self._forget_classes is not None:

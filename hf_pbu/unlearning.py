@@ -17,6 +17,7 @@ from .model_card import model_class_names
 from .models import num_classes
 from .results import Measurement, UnlearningResults
 from .trainer import PBUTrainer
+from .verdict import is_forgotten
 
 logger = logging.get_logger(__name__)
 
@@ -53,19 +54,28 @@ def unlearn(
     forget_classes: Sequence[int],
     resume_from_checkpoint: str | bool | None = None,
     eval_split: str | None = "test",
+    eval_holdout_fraction: float = 0.0,
+    save: bool = False,
+    card_kwargs: dict | None = None,
     **trainer_kwargs,
 ) -> tuple[PBUTrainer, UnlearningResults]:
     """Run PBU on `splits["forget_train"]` and return the trainer and the run's results (also kept as
     `trainer.unlearning_results`, which its model card reads).
 
     `splits` holds transformed datasets (`pixel_values`, `labels`): forget_train, forget_test, retain_test and
-    optionally retain_train (the attack's members); `eval_split` names the split the test sets come from, for the
-    results. The trainer is built first so that both measurements run on the training device, with its
-    accelerator; the "before" one also checks, before the Fisher is computed, that the model recognises the class
-    it is asked to forget. Then, on the main process, the evidence (`hf_pbu.evidence.collect_evidence`: the
-    per-class chart in `output_dir`, the head attacks and, with `config.evidence`, the probe and the fine-tune relearn
-    attack), on the original model and the unlearned one. `trainer_kwargs`
-    go to `PBUTrainer` (e.g. `base_model_id`, `class_names`).
+    optionally retain_train (the attack's members); `eval_split` names the split the test sets come from (with
+    `eval_holdout_fraction` when held out of the training split), for the results. The trainer is built first so
+    that both measurements run on the training device, with its accelerator; the "before" one also checks, before
+    the Fisher is computed, that the model recognises the class it is asked to forget. `results.forgotten` is judged
+    on the "after" measurement of the forget training set (`hf_pbu.verdict`).
+
+    With `save`, the model, its card (`card_kwargs` go to `create_model_card`) and the results are written to
+    `output_dir` right then, before anything optional runs. Then, on the main process, the evidence
+    (`hf_pbu.evidence.collect_evidence`: the per-class chart in `output_dir`, the head attacks and, with
+    `config.evidence`, the probe and the fine-tune relearn attack, on the original model and the unlearned one): if
+    it fails, the error is logged and kept in `results.evidence_error`, and the trained model is not lost; with
+    `save`, the card and results are written again after it. `trainer_kwargs` go to `PBUTrainer` (e.g.
+    `base_model_id`, `class_names`).
     """
     trainer = PBUTrainer(model=model, args=config, train_dataset=splits["forget_train"],
                          forget_classes=list(forget_classes), **trainer_kwargs)
@@ -74,21 +84,37 @@ def unlearn(
         return measure(trainer.model, splits, config.per_device_eval_batch_size, trainer.accelerator,
                        config.dataloader_num_workers, config.seed, return_outputs=True)
 
+    def write() -> None:
+        if save:
+            trainer.save_model(_internal_call=True)  # as `push_to_hub` saves: `Trainer.save_model` would also push
+            trainer.create_model_card(**(card_kwargs or {}))
+
     before, outputs_before = measure_now()
     check_model_knows_forget_classes(before, num_classes(trainer.model))
     model = trainer.accelerator.unwrap_model(trainer.model)
     original = copy.deepcopy(model) if trainer.is_world_process_zero() else None  # the attacks' "before" model
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     after, outputs_after = measure_now()
-    results = dataclasses.replace(trainer.unlearning_results, before=before, after=after, eval_split=eval_split)
+    results = dataclasses.replace(trainer.unlearning_results, before=before, after=after, eval_split=eval_split,
+                                  eval_holdout_fraction=eval_holdout_fraction,
+                                  forgotten=is_forgotten(after.forget_train_accuracy, config))
+    trainer.unlearning_results = results
+    write()  # the trained model is safe before anything optional runs
     if trainer.is_world_process_zero():
         start = time.perf_counter()
         names = trainer.class_names or model_class_names(model) or [str(c) for c in range(num_classes(model))]
-        results.evidence = collect_evidence(original, model, splits, {"before": outputs_before, "after": outputs_after},
-                                            list(forget_classes), names, config.output_dir, config.evidence,
-                                            config.seed)
-        results.evidence["seconds"] = time.perf_counter() - start
-    trainer.unlearning_results = results
+        try:
+            results.evidence = collect_evidence(
+                original, model, splits, {"before": outputs_before, "after": outputs_after}, list(forget_classes),
+                names, config.output_dir, config.evidence, config.seed)
+            results.evidence["seconds"] = time.perf_counter() - start
+        except Exception as err:  # optional: the model is unlearned and saved whatever fails here
+            results.evidence_error = f"{type(err).__name__}: {err}"
+            logger.error(f"The evidence step failed after unlearning ({results.evidence_error}); the unlearned model "
+                         "is kept. The results record the error.")
+            logger.debug("Where the evidence step failed:", exc_info=True)
+        if save:
+            trainer.create_model_card(**(card_kwargs or {}))
     return trainer, results
 
 

@@ -262,7 +262,7 @@ def test_fisher_is_computed_at_train_start_not_at_init(tmp_path, monkeypatch):
 def test_step_budget_counts_optimizer_steps_as_one_process_would(tmp_path):
     model, forget = forget_model_and_data(n=16)
     args = config(tmp_path, num_train_epochs=3, per_device_train_batch_size=3, gradient_accumulation_steps=2,
-                  learning_rate=1e-12, stop_forget_accuracy=-1, save_strategy="steps")
+                  learning_rate=1e-12, stop_forget_accuracy=-1, save_strategy="steps", min_step_budget=0)
     # 16 images in batches of 3: 6 batches per epoch, 3 optimizer steps; 3 epochs: 9 steps, whatever the number of
     # processes (Trainer alone would give 8 processes ceil(16 / 24) = 1 batch per epoch, so 3 steps).
     assert args.max_steps == -1 and args.step_budget(len(forget)) == 9

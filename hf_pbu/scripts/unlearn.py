@@ -8,9 +8,12 @@
     python scripts/unlearn.py config.yaml   (the same arguments in a YAML or JSON file)
 
 Any `PBUConfig` flag (alpha, beta, gamma, learning_rate, ...) is accepted. Writes the unlearned model in its source
-format and unlearning_results.json (A_Df, A_Dr, forget-train accuracy and MIA, before and after) to --output_dir.
-Bad values, an output folder that cannot be written or that another run holds, and missing `--push_to_hub`
-prerequisites are refused before anything is loaded; a run that cannot give an unlearned model exits non-zero.
+format, its card and unlearning_results.json (A_Df, A_Dr, forget-train accuracy and MIA, before and after) to
+--output_dir as soon as it is measured, before the optional evidence and push. Bad values, an output folder that
+cannot be written or that another run holds, and missing `--push_to_hub` prerequisites are refused before anything is
+loaded. A run that cannot give an unlearned model, that did not forget (forget-train accuracy above
+--stop_forget_accuracy) or whose evidence step failed exits non-zero with the fix, is marked so in the results and the
+card, and is not pushed.
 """
 
 import logging as pylogging
@@ -73,30 +76,51 @@ def unlearn_and_save(model_args: ModelArguments, data_args: DataArguments, confi
         logger.info(f"Using the dataset named in the model card: {named[0]}")
     with config.main_process_first(desc="loading the dataset"):
         data = load_unlearning_splits(loaded, cache_dir=model_args.cache_dir, seed=config.seed, **asdict(data_args))
+    dataset_name, hub_dataset = card_dataset(data_args.dataset_name, data_args.dataset_dir)
+    card_args = {"dataset_name": dataset_name, "hub_dataset": hub_dataset}
+    # Saved with its card and results as soon as it is measured, before the optional evidence and push.
     trainer, results = unlearn(
         loaded.model, config, data.splits, data.forget_classes, resume_checkpoint(config), data.eval_split,
+        data.eval_holdout_fraction, save=True, card_kwargs=card_args,
         base_model_id=loaded.source, class_names=loaded.label_names or data.names,
         processing_class=loaded.image_processor,
     )
-    results.eval_holdout_fraction = data.eval_holdout_fraction
     trainer.accelerator.end_training()  # the last collective is behind: the process group ends before the processes
-    dataset_name, hub_dataset = card_dataset(data_args.dataset_name, data_args.dataset_dir)
-    card_args = {"dataset_name": dataset_name, "hub_dataset": hub_dataset}
-    if not config.push_to_hub:
-        trainer.save_model()
-        trainer.create_model_card(**card_args)
+    failures = run_failures(trainer, results)
+    classes = ", ".join(data.names[c] for c in data.forget_classes)
     if trainer.is_world_process_zero():
-        print(f"\nForgot {', '.join(data.names[c] for c in data.forget_classes)} of {model_args.model_id} using "
-              f"{results.forget_train_samples} forget images.")
+        outcome = "Forgot" if results.forgotten else "Did NOT forget"
+        print(f"\n{outcome} {classes} of {model_args.model_id} using {results.forget_train_samples} forget images.")
         print(results.format_table())
-    # Saved, with the card, before anything is sent: a failed push leaves the folder complete.
-    url = trainer.push_to_hub(**card_args) if config.push_to_hub else None
+    # A failed push leaves the folder complete; a run that failed at its job is not pushed.
+    url = trainer.push_to_hub(**card_args) if config.push_to_hub and not failures else None
     if trainer.is_world_process_zero():
         output_dir = os.path.abspath(config.output_dir)
         print(f"Unlearned model: {output_dir} (reload it as the base model was loaded, from this folder)")
         print(f"Results: {os.path.join(output_dir, RESULTS_FILE)}; model card: {os.path.join(output_dir, CARD_FILE)}")
         if url:
             print(f"Pushed to {url}")
+    if failures:
+        marks = [mark for mark, on in (("`forgotten: false`", not results.forgotten),
+                                       ("`evidence_error`", results.evidence_error)) if on]
+        pushed = " Nothing was pushed." if config.push_to_hub else ""
+        raise RunFailedError(" ".join(failures) + f" The model, its card and {RESULTS_FILE} are saved in "
+                             f"{os.path.abspath(config.output_dir)} (marked {' and '.join(marks)}).{pushed}")
+
+
+class RunFailedError(UnlearningFailedError):
+    """The run did not do its job (or an optional step after it failed); the saved folder says so."""
+
+
+def run_failures(trainer, results) -> list[str]:
+    """What went wrong, each with the fix: a run that did not forget, an evidence step that failed."""
+    failures = []
+    if not results.forgotten:
+        failures.append(trainer.not_forgotten_message(results.after.forget_train_accuracy))
+    if results.evidence_error:
+        failures.append(f"The evidence step failed after unlearning ({results.evidence_error}): rerun without "
+                        "--evidence, or report the error.")
+    return failures
 
 
 def use_cpu_when_launched_without_accelerator() -> None:

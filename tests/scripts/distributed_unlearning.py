@@ -31,7 +31,8 @@ def fixture() -> tuple[TinyConvNet, DictDataset]:
 
 def config(output_dir: str, **overrides) -> PBUConfig:
     values = dict(output_dir=output_dir, fisher_cache_dir="none", report_to="none", disable_tqdm=True, use_cpu=True,
-                  per_device_train_batch_size=2, fisher_batch_size=4, learning_rate=1e-12, num_train_epochs=2)
+                  per_device_train_batch_size=2, fisher_batch_size=4, learning_rate=1e-12, num_train_epochs=2,
+                  min_step_budget=0)
     return PBUConfig(**{**values, **overrides})
 
 
