@@ -368,7 +368,8 @@ def collect_evidence(
     """A run's evidence, for the results file and the card: per-class test accuracy before and after (and its chart,
     written to `output_dir`), the forgotten classes' confusion before and after, the head attacks (prototype and
     head-only relearn) on the original and the unlearned model and, with `attacks`, also the linear probe and the
-    fine-tune relearn attack (k = 10 and 50).
+    fine-tune relearn attack (k = 10 and 50); and where the class was forgotten, read off the attacks
+    (`forgetting_level`).
 
     `outputs` holds the prediction passes already made ({"before"/"after": {split: (logits, labels)}}); the attacks
     need retained training images (`splits["retain_train"]`) and are skipped without them.
@@ -399,7 +400,49 @@ def collect_evidence(
     if "relearn_attack" in found["after"]:
         evidence["relearn_attack"] = {k: {when: found[when]["relearn_attack"][k] for when in found}
                                       for k in found["after"]["relearn_attack"]}
+    level = forgetting_level(evidence)
+    if level is not None:
+        evidence["forgetting_level"] = level
     return evidence
+
+
+# An attack brings the class back when it recovers at least this share of what it recovers on the original model.
+RECOVERED_SHARE = 0.5
+# The attacks that rebuild the class through the head (its row and bias), and the one that reads the features alone.
+HEAD_LEVEL_ATTACKS = ("head_relearn_attack", "relearn_attack")
+LEVEL_TEXT = {
+    "output": "forgotten at the output only: resetting its bias, or fine-tuning a few steps, brings it back",
+    "head": "forgotten in the head: no relearn attack brings it back, but the features still set it apart",
+    "features": "forgotten in the features: no attack brings back as much as half of what it brings back on the "
+                "original model",
+}
+
+
+def forgetting_level(evidence: dict) -> dict | None:
+    """Where the class was forgotten, read off the attacks (None without them): "output" when an attack through the
+    head (head-only or, when run, fine-tune relearn at the smallest k) brings back at least `RECOVERED_SHARE` of
+    what it brings back on the original model; else "head" when the prototype attack (the features alone) does;
+    else "features". Returns {"level", "text", "recovered": {attack: share of the original's figure}}.
+
+    A model retrained without the class is the real reference, and no run has it: its features may still set a
+    distinctive class apart (the prototype attack then reads high on it too), so "head" is not a failure by itself."""
+    def share(attack: dict) -> float | None:
+        original, unlearned = attack["before"]["forget_test_accuracy"], attack["after"]["forget_test_accuracy"]
+        return None if not original else unlearned / original
+
+    attacks = {name: evidence[name] for name in ("head_relearn_attack", "prototype_attack") if name in evidence}
+    if evidence.get("relearn_attack"):
+        attacks["relearn_attack"] = evidence["relearn_attack"][min(evidence["relearn_attack"], key=int)]
+    recovered = {name: share(attack) for name, attack in attacks.items() if share(attack) is not None}
+    if not recovered:
+        return None
+    if any(recovered.get(name, 0.0) >= RECOVERED_SHARE for name in HEAD_LEVEL_ATTACKS):
+        level = "output"
+    elif recovered.get("prototype_attack", 0.0) >= RECOVERED_SHARE:
+        level = "head"
+    else:
+        level = "features"
+    return {"level": level, "text": LEVEL_TEXT[level], "recovered": recovered}
 
 
 def head_attack_evidence(model: nn.Module, splits: dict[str, Dataset], forget_classes: Sequence[int],

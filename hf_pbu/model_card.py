@@ -155,17 +155,30 @@ def results_table(results: UnlearningResults) -> tuple[list[dict], bool]:
 
 
 def evidence_rows(evidence: dict | None) -> list[dict]:
-    """Rows {label, before, after} of the evidence table: the linear probe and the relearn attack, original model
-    against unlearned one, where they were run."""
+    """Rows {label, before, after} of the evidence table: the attacks and the linear probe, original model against
+    unlearned one, where they were run."""
     rows = []
-    probe = (evidence or {}).get("linear_probe")
+    evidence = evidence or {}
+    prototype = evidence.get("prototype_attack")
+    if prototype:
+        rows.append({"label": f"Prototype attack: A_Df with the class's head row rebuilt from the mean feature of "
+                              f"{prototype['after']['images']} of its images, no training (%)",
+                     **{when: format_value(prototype[when]["forget_test_accuracy"]) for when in ("before", "after")}})
+    head = evidence.get("head_relearn_attack")
+    if head:
+        after = head["after"]
+        rows.append({"label": f"Head-only relearn attack: A_Df after fine-tuning the head alone {after['steps']} "
+                              f"steps on {after['k']} images per class (%)",
+                     **{when: format_value(head[when]["forget_test_accuracy"]) for when in ("before", "after")}})
+    probe = evidence.get("linear_probe")
     if probe:
         rows.append({"label": "Linear probe on the penultimate features: forgotten vs retained, balanced accuracy "
                               "(%, chance 50)",
                      **{when: format_value(probe[when]["balanced_accuracy"]) for when in ("before", "after")}})
-    for k, attack in ((evidence or {}).get("relearn_attack") or {}).items():
+    for k, attack in (evidence.get("relearn_attack") or {}).items():
         steps = attack["after"]["steps"]
-        rows.append({"label": f"Relearn attack: A_Df after fine-tuning {steps} steps on {k} images per class (%)",
+        rows.append({"label": f"Fine-tune relearn attack: A_Df after fine-tuning the whole model {steps} steps on {k} "
+                              "images per class (%)",
                      **{when: format_value(attack[when]["forget_test_accuracy"]) for when in ("before", "after")}})
     return rows
 
@@ -222,20 +235,38 @@ def eval_results(results: UnlearningResults, dataset_name: str | None, hub_datas
     return entries
 
 
+FORGET_LEVEL_NOTES = {
+    "head": "The forgotten classes' rows of the classifier head were also freed from the anchor and refit until "
+            "each forgotten class ranked last on its own images, as in a model retrained without it "
+            "(`forget_level='head'`), and the run stopped once they did.",
+    "features": "The forgotten classes' rows of the classifier head were also freed from the anchor and refit until "
+                "each forgotten class ranked last on its own images, and the forget term was taken through the "
+                "original head, so that the features of the forgotten classes moved out of their region "
+                "(`forget_level='features'`).",
+}
+
+
 def forget_loss_note(config: PBUConfig) -> str:
-    """For a forget term other than the paper's -CE, one sentence on how the run differs from the paper."""
+    """How the run differs from the paper: its forget term, if not the paper's -CE, and its forget level."""
+    level = FORGET_LEVEL_NOTES.get(config.forget_level, "")
     if config.forget_loss == "neg_ce":
-        return ""
+        return level
     loss = build_forget_loss(config.forget_loss, config.npo_tau, config.distill_weight)
+    stop = {"plateau": "ran until the objective stopped falling instead of stopping as soon as the classes were gone.",
+            "ranked_last": "the run stopped once the classes ranked last."}.get(
+        config.resolved_stop_rule, "stopped as soon as the classes were gone.")
     return (
         f"This run replaced the paper's -CE forget term with `{config.forget_loss}` ({loss.summary}), a term bounded "
-        "below whose push on the forgotten classes vanishes once an image is forgotten, and "
-        + ("ran until the objective stopped falling instead of stopping as soon as the classes were gone."
-           if config.resolved_stop_rule == "plateau" else "stopped as soon as the classes were gone.")
+        "below whose push on the forgotten classes vanishes once an image is forgotten"
+        + (f". {level}" if level else f", and {stop}")
     )
 
 
 def stop_criterion(config: PBUConfig) -> str:
+    if config.resolved_stop_rule == "ranked_last":
+        return (f"the forgotten classes rank last on all but {config.stop_forget_accuracy:g}% of the forget set, "
+                f"evaluated when at most {config.stop_trigger_accuracy:g}% of a step's training batches do not; the "
+                "run ends with the weights that passed")
     if config.resolved_stop_rule == "plateau":
         return (
             f"plateau: the objective (forget term's mean over an epoch plus the anchor penalty) fell by less than "
@@ -259,7 +290,11 @@ def hyperparameters(config: PBUConfig, results: UnlearningResults) -> list[tuple
         estimator += f" (auto: 'exact' up to {config.fisher_exact_max_classes} classes)"
     if config.fisher_max_samples is not None and results.forget_train_samples > config.fisher_max_samples:
         estimator += f", on a random sample of {config.fisher_max_samples} forget images"
+    level = [("Forget level (`forget_level`)", config.forget_level)]
+    if config.forget_level != "output":
+        level.append(("Learning rate of the forget classes' head rows", f"{config.forget_row_learning_rate:g}"))
     return [
+        *level,
         ("Forget term (`forget_loss`)", f"{config.forget_loss}: "
          f"{build_forget_loss(config.forget_loss, config.npo_tau, config.distill_weight).summary}"),
         ("alpha (weight of the forget term on the forget data)", f"{config.alpha:g}"),
@@ -356,6 +391,7 @@ def write_model_card(
         has_retrain=has_retrain,
         evidence=results.evidence or {},
         evidence_rows=evidence_rows(results.evidence),
+        forgetting_level=(results.evidence or {}).get("forgetting_level"),
         confusion_after=confusion_text((results.evidence or {}).get("forget_confusion", {}).get("after", {})),
         has_mia=any(row["label"].startswith("MIA") for row in table),
         fisher_seconds=f"{results.fisher_seconds:.1f}",

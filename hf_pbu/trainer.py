@@ -172,6 +172,7 @@ class ForgetStopCallback(TrainerCallback, ExportableState):
             "stale_windows": self.stale_windows, "plateau_history": list(trainer.plateau_history),
             "forget_train_accuracy_history": [list(item) for item in trainer.forget_train_accuracy_history],
             "stop_check_seconds": trainer.stop_check_seconds, "unlearn_seconds": trainer.unlearn_seconds_so_far(),
+            "stopped_at_step": trainer.stopped_at_step,
         }}
 
     def restore(self, attributes: dict) -> None:
@@ -184,6 +185,7 @@ class ForgetStopCallback(TrainerCallback, ExportableState):
         trainer.forget_train_accuracy_history = [tuple(item) for item in attributes["forget_train_accuracy_history"]]
         trainer.stop_check_seconds = attributes["stop_check_seconds"]
         trainer.resumed_seconds = attributes["unlearn_seconds"]
+        trainer.stopped_at_step = attributes.get("stopped_at_step")  # a checkpoint written as the rule ended the run
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.trainer.stopped_at_step is None:

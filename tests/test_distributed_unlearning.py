@@ -26,3 +26,5 @@ def test_two_process_run_keeps_the_one_process_budget_and_stops_on_the_whole_set
     assert result["whole_set_accuracy"] == pytest.approx(100 / IMAGES)
     assert result["stopped_at_step"] is not None
     assert result["confirmations"][-1] == [result["stopped_at_step"], pytest.approx(100 / IMAGES)]
+    assert result["head_stop_rule"] == "ranked_last" and result["head_stopped_at_step"] is not None
+    assert result["heads_equal"] and result["head_rows_moved"] > 0  # the same refit rows on both processes

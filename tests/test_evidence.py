@@ -350,3 +350,24 @@ def test_head_attacks_check_that_the_head_gives_the_logits(digits):
     check_head_reads_features(digits["original"], digits["forget_test"])
     with pytest.raises(ValueError, match="does not give the model's logits"):
         check_head_reads_features(DoubledLogits(digits["original"]), digits["forget_test"])
+
+
+def _attack(before: float, after: float) -> dict:
+    return {"before": {"forget_test_accuracy": before}, "after": {"forget_test_accuracy": after}}
+
+
+@pytest.mark.parametrize(("head", "relearn", "prototype", "level"), [
+    (80.0, None, 90.0, "output"),  # the head-only relearn brings back all of it
+    (1.0, 45.0, 90.0, "output"),  # the fine-tune relearn brings back half of its figure on the original (90)
+    (1.0, 2.0, 90.0, "head"),  # no relearn attack does, but the prototype does
+    (1.0, 2.0, 20.0, "features"),
+])
+def test_forgetting_level_reads_the_attacks_against_the_original(head, relearn, prototype, level):
+    from hf_pbu.evidence import forgetting_level
+
+    evidence = {"head_relearn_attack": _attack(90.0, head), "prototype_attack": _attack(95.0, prototype)}
+    if relearn is not None:
+        evidence["relearn_attack"] = {"50": _attack(95.0, 95.0), "10": _attack(90.0, relearn)}  # k=10 is read
+    found = forgetting_level(evidence)
+    assert found["level"] == level and found["recovered"]["head_relearn_attack"] == pytest.approx(head / 90.0)
+    assert forgetting_level({}) is None

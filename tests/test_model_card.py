@@ -201,14 +201,17 @@ def test_card_of_local_data_held_out_of_train_says_so(run, tmp_path):
 def test_card_names_a_bounded_forget_term_and_how_it_differs_from_the_paper(run):
     output_dir, results, config, _ = run
     results.stopped_at_step = results.steps  # the stop rule ended the run
-    for loss, note in (("neg_ce", False), ("relabel+distill", True)):
-        bounded = dataclasses.replace(config, forget_loss=loss)
+    for loss, level, note in (("neg_ce", "output", False), ("relabel+distill", "output", True),
+                              ("relabel+distill", "head", True)):
+        bounded = dataclasses.replace(config, forget_loss=loss, forget_level=level)
         write_model_card(str(output_dir), results, bounded, "timm", "org/tiny-digits", base_card=BASE_CARD)
         text = ModelCard.load(output_dir / "README.md").text
 
         assert f"| Forget term (`forget_loss`) | {loss}: " in text
         assert ("replaced the paper's -CE forget term with `relabel+distill`" in text) == note
-        assert ("The objective stopped falling at step" in text) == note
+        assert ("The objective stopped falling at step" in text) == (note and level == "output")
+        assert ("refit until each forgotten class ranked last" in text) == (level == "head")
+        assert ("the forgotten classes ranked last on all but" in text) == (level == "head")
 
 
 def test_the_base_model_is_the_resolved_hub_repo_or_none_for_a_local_one(tmp_path):
@@ -255,6 +258,11 @@ def test_card_shows_the_evidence_chart_confusion_and_attacks(run):
     forgotten = names[results.forget_classes[0]]
     assert re.search(rf"\| {re.escape(forgotten)} \| .*%", card.text)
     assert re.search(r"Linear probe .* \| 97\.50 \| 71\.25 \|", card.text)
-    relearn = r"Relearn attack: A_Df after fine-tuning 100 steps on 10 images per class \(%\) \| 95\.00 \| 0\.00 \|"
+    relearn = (r"Fine-tune relearn attack: A_Df after fine-tuning the whole model 100 steps on 10 images per class "
+               r"\(%\) \| 95\.00 \| 0\.00 \|")
     assert re.search(relearn, card.text)
+    # the head attacks run in every run with retain data: their rows and the level they place the forgetting at
+    assert re.search(r"Prototype attack: .* \| \d+\.\d\d \| \d+\.\d\d \|", card.text)
+    assert re.search(r"Head-only relearn attack: .* 100 steps on 10 images per class \(%\) \| \d", card.text)
+    assert re.search(r"\*\*Where the class was forgotten: (output|head|features)\.\*\* The class is ", card.text)
     ModelCardData(**card.data.to_dict())  # the metadata still validates

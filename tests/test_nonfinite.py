@@ -99,14 +99,15 @@ def test_non_finite_weights_are_never_saved(tmp_path):
 
 
 def test_weights_left_exactly_as_they_were_are_a_failure(tmp_path):
-    """Updates too small for fp32 (lr 1e-30 on weights of order 1) leave every weight as it was."""
+    """Updates too small for fp32 (lr 1e-30 on weights of order 1, the forget rows' own rate too) leave every weight
+    as it was."""
     torch.manual_seed(0)
     model = trained_bn_stats(TinyConvNet(3), random_images(16))
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)
-    trainer = PBUTrainer(model=model, args=config(tmp_path, learning_rate=1e-30, save_strategy="no"),
-                         train_dataset=forget_set())
+    args = config(tmp_path, learning_rate=1e-30, forget_row_learning_rate=1e-30, save_strategy="no")
+    trainer = PBUTrainer(model=model, args=args, train_dataset=forget_set())
     with pytest.raises(UnchangedWeightsError, match="exactly the original ones.*4 optimizer step.*raise `learning_r"):
         trainer.train()
     assert trainer.unlearning_results is None

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 
+import huggingface_hub.constants
 import numpy as np
 import pytest
 import torch
@@ -27,6 +28,14 @@ from hf_pbu.results import RESULTS_FILE
 FORGET = "digit_1"
 # Offline (HF_HUB_OFFLINE, the populated cache, a private datasets cache) and one thread, as test_unlearn_script.py.
 pytestmark = pytest.mark.usefixtures("offline", "one_thread")
+
+
+@pytest.fixture
+def push_allowed(monkeypatch):
+    """`--push_to_hub` passes the pre-flight checks (online mode, a token): the tests that use it replace the push
+    itself and check that a failed run never reaches it."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
 
 
 def _run(argv: list[str]) -> str | None:
@@ -111,7 +120,7 @@ def test_sixteen_bit_scans_are_read_with_their_contrast(tiny_model_dirs, tiny_im
 # ------------------------------------------------------------------------------ a run succeeds only if it forgot
 
 def test_run_that_did_not_forget_fails_is_marked_and_is_not_pushed(tiny_model_dirs, tiny_imagefolder,
-                                                                   tmp_path, monkeypatch, capsys):
+                                                                   tmp_path, monkeypatch, capsys, push_allowed):
     pushed = []
     monkeypatch.setattr(hf_pbu.trainer, "push_unlearned_model", lambda *args, **kwargs: pushed.append(args))
     out = tmp_path / "out"
@@ -181,7 +190,7 @@ def test_remove_unused_columns_from_a_training_script_is_set_back(tiny_model_dir
 
 
 def test_failing_evidence_step_keeps_the_model_card_and_results(tiny_model_dirs, tiny_imagefolder,
-                                                                tmp_path, monkeypatch):
+                                                                tmp_path, monkeypatch, push_allowed):
     """A step after unlearning fails (here the evidence, as on a head it did not know): the trained model, its card
     and the results are on disk already, the failure is recorded, the exit code says so and nothing is pushed."""
     def broken(*args, **kwargs):

@@ -32,7 +32,7 @@ def fixture() -> tuple[TinyConvNet, DictDataset]:
 def config(output_dir: str, **overrides) -> PBUConfig:
     values = dict(output_dir=output_dir, fisher_cache_dir="none", report_to="none", disable_tqdm=True, use_cpu=True,
                   per_device_train_batch_size=2, fisher_batch_size=4, learning_rate=1e-12, num_train_epochs=2,
-                  min_step_budget=0)
+                  min_step_budget=0, forget_level="output")
     return PBUConfig(**{**values, **overrides})
 
 
@@ -49,6 +49,14 @@ if __name__ == "__main__":
                           train_dataset=forget)
     stop_run.train()
     whole_set_accuracy = budget_run.forget_train_accuracy()  # a collective: every process runs it
+    # forget_level "head": the forget rows, outside DDP's wrapper, get their gradients all-reduced, so both
+    # processes refit the same rows, until the classes rank last on the whole set.
+    model, forget = fixture()
+    head_run = PBUTrainer(model=model, args=config(output_dir + "-head", save_strategy="no", forget_level="head",
+                                                   learning_rate=1e-3, forget_row_learning_rate=3e-2,
+                                                   num_train_epochs=20), train_dataset=forget)
+    head_run.train()
+    heads = head_run.accelerator.gather(head_run.model.head.weight.detach().reshape(1, -1))
     if budget_run.is_world_process_zero():
         Path(out).write_text(json.dumps({
             "world_size": budget_run.args.world_size,
@@ -57,6 +65,10 @@ if __name__ == "__main__":
             "whole_set_accuracy": whole_set_accuracy,
             "stopped_at_step": stop_run.stopped_at_step,
             "confirmations": stop_run.forget_train_accuracy_history,
+            "head_stop_rule": head_run.stop_rule,
+            "head_stopped_at_step": head_run.stopped_at_step,
+            "heads_equal": torch.equal(heads[0], heads[1]),
+            "head_rows_moved": (heads[0].reshape(3, -1)[1:] - fixture()[0].head.weight[1:]).norm().item(),
         }))
     budget_run.accelerator.wait_for_everyone()
     budget_run.accelerator.end_training()  # the process group ends before the processes do
