@@ -252,14 +252,13 @@ def forget_loss_note(config: PBUConfig) -> str:
     if config.forget_loss == "neg_ce":
         return level
     loss = build_forget_loss(config.forget_loss, config.npo_tau, config.distill_weight)
-    stop = {"plateau": "ran until the objective stopped falling instead of stopping as soon as the classes were gone.",
-            "ranked_last": "the run stopped once the classes ranked last."}.get(
-        config.resolved_stop_rule, "stopped as soon as the classes were gone.")
-    return (
-        f"This run replaced the paper's -CE forget term with `{config.forget_loss}` ({loss.summary}), a term bounded "
-        "below whose push on the forgotten classes vanishes once an image is forgotten"
-        + (f". {level}" if level else f", and {stop}")
-    )
+    replaced = (f"This run replaced the paper's -CE forget term with `{config.forget_loss}` ({loss.summary}), a term "
+                "bounded below whose push on the forgotten classes vanishes once an image is forgotten")
+    if level:  # the level's note says how the run stopped
+        return f"{replaced}. {level}"
+    stop = ("ran until the objective stopped falling instead of stopping as soon as the classes were gone."
+            if config.resolved_stop_rule == "plateau" else "stopped as soon as the classes were gone.")
+    return f"{replaced}, and {stop}"
 
 
 def stop_criterion(config: PBUConfig) -> str:
