@@ -5,6 +5,7 @@ import os
 
 import timm
 import torch
+from classifier_training import ClassifierTrainer
 from datasets import DatasetDict
 from offline_data import CLASS_NAMES as FASHION_CLASS_NAMES
 from offline_data import digits_dataset
@@ -12,8 +13,7 @@ from timm.models import save_for_hf
 from transformers import TrainingArguments
 from transformers.utils import logging
 
-from hf_pbu.classifier_training import ClassifierTrainer
-from hf_pbu.data import class_names, with_image_transform
+from hf_pbu.data.splits import class_names, with_image_transform
 from hf_pbu.models import eval_transform
 
 logger = logging.get_logger(__name__)

@@ -20,7 +20,7 @@ import psutil
 import timm
 import torch
 
-from hf_pbu.fisher import compute_fisher_diagonal, memory_budget
+from hf_pbu.objective.fisher import compute_fisher_diagonal, memory_budget
 
 
 class PeakRss:

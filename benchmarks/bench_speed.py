@@ -33,7 +33,7 @@ def digits_setup(args):
     from base_models import train_digits_model
     from offline_data import digits_dataset
 
-    from hf_pbu.data import split_by_classes, unlearning_splits, with_image_transform
+    from hf_pbu.data.splits import split_by_classes, unlearning_splits, with_image_transform
     from hf_pbu.models import eval_transform
 
     model = timm.create_model(f"local-dir:{train_digits_model(args.base_model_dir)}", pretrained=True)
@@ -64,7 +64,7 @@ def flat_fisher(fisher: dict) -> torch.Tensor:
 
 
 def part_fisher(args, estimator: str):
-    from hf_pbu.fisher import compute_fisher_diagonal
+    from hf_pbu.objective.fisher import compute_fisher_diagonal
 
     model, splits, _ = digits_setup(args)
     loader = forget_loader(splits, args.fisher_batch_size)
@@ -195,9 +195,9 @@ def part_pbu_end_to_end(args, estimator: str):
 def part_retrain(args):
     import timm
     from base_models import DIGITS_ARCH, SMALL_IMAGE_PRETRAINED_CFG, training_recipe
+    from classifier_training import ClassifierTrainer
 
-    from hf_pbu.classifier_training import ClassifierTrainer
-    from hf_pbu.evaluation import accuracy
+    from hf_pbu.evidence.measure import accuracy
 
     base, splits, retain_train = digits_setup(args)
     torch.manual_seed(0)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import timm
 from base_models import train_digits_model, train_fashion_mnist_model, training_recipe
+from baselines import METHODS
 from cells import (
     SECTION_TITLE,
     cell_classes,
@@ -44,9 +45,8 @@ from transformers import HfArgumentParser
 from transformers.utils import logging
 
 from hf_pbu import PBUConfig
-from hf_pbu.baselines import METHODS
-from hf_pbu.data import class_names
-from hf_pbu.evaluation import measure
+from hf_pbu.data.splits import class_names
+from hf_pbu.evidence.measure import measure
 from hf_pbu.models import eval_transform
 
 logger = logging.get_logger(__name__)

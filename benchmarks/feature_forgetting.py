@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+from baselines import METHODS
 from cells import cell_classes, cell_splits, parse_cell
 from compare_methods import BenchmarkArguments, base_model_dir, load_base, locked, write_atomically
 from feature_forgetting_table import print_table
@@ -32,9 +33,8 @@ from transformers import HfArgumentParser
 from transformers.utils import logging
 
 from hf_pbu import PBUConfig, PBUTrainer
-from hf_pbu.baselines import METHODS
-from hf_pbu.evaluation import measure
-from hf_pbu.evidence import attack_evidence
+from hf_pbu.evidence.collect import attack_evidence
+from hf_pbu.evidence.measure import measure
 from hf_pbu.models import eval_transform
 
 # The PBUConfig fields that tell two settings apart in the tables (the others stay at their defaults).

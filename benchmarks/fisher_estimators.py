@@ -26,9 +26,9 @@ from transformers import HfArgumentParser
 from transformers.utils import logging
 
 from hf_pbu import PBUConfig, PBUTrainer
-from hf_pbu.evaluation import measure, predictions
-from hf_pbu.fisher import score_directions
+from hf_pbu.evidence.measure import measure, predictions
 from hf_pbu.models import eval_transform
+from hf_pbu.objective.fisher import score_directions
 
 # (label, PBUConfig overrides) of each estimator setting compared.
 SETTINGS = {

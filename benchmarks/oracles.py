@@ -9,11 +9,10 @@ import os
 import time
 
 import timm
+from baselines import METHODS
 from timm.models import save_for_hf
 from torch import nn
 from torch.utils.data import Dataset
-
-from hf_pbu.baselines import METHODS
 
 ORACLE_ROOT = "outputs/oracles"
 

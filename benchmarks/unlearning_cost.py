@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+from baselines import METHODS
 from cells import cell_splits, parse_cell
 from compare_methods import BenchmarkArguments, load_base, locked, write_atomically
 from feature_forgetting import recipe_name
@@ -23,7 +24,6 @@ from transformers import HfArgumentParser
 from transformers.utils import logging
 
 from hf_pbu import PBUConfig, PBUTrainer
-from hf_pbu.baselines import METHODS
 from hf_pbu.models import eval_transform
 
 

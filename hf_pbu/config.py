@@ -10,8 +10,8 @@ from transformers import TrainingArguments
 from transformers.utils import logging, strtobool
 
 from .argument_checks import check_numeric_arguments
-from .fisher import ESTIMATORS
-from .forget_losses import FORGET_LOSSES, build_forget_loss
+from .objective.fisher import ESTIMATORS
+from .objective.forget_losses import FORGET_LOSSES, build_forget_loss
 
 logger = logging.get_logger(__name__)
 

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from .atomic import write_text
+from .io.atomic import write_text
 
 RESULTS_FILE = "unlearning_results.json"
 

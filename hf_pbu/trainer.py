@@ -18,8 +18,12 @@ from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import TrainOutput
 from transformers.utils import logging
 
-from .atomic import is_write_failure, remove_work_dir_if_empty, staged_files, write_error
-from .checkpoints import (
+from .config import PBUConfig, refuse_sharded_training
+from .distributed import shard
+from .evidence.measure import accuracy_of, predictions
+from .failures import NonFiniteLossError, NonFiniteWeightsError, UnchangedWeightsError
+from .io.atomic import is_write_failure, remove_work_dir_if_empty, staged_files, write_error
+from .io.checkpoints import (
     check_resumable,
     checkpoint_to_resume,
     clear_staged_checkpoint,
@@ -27,17 +31,13 @@ from .checkpoints import (
     run_signature,
     staging_folder,
 )
-from .config import PBUConfig, refuse_sharded_training
-from .distributed import shard
-from .evaluation import accuracy_of, predictions
-from .failures import NonFiniteLossError, NonFiniteWeightsError, UnchangedWeightsError
-from .fisher import default_fisher_cache_dir, fisher_sample, load_or_compute_fisher, memory_budget
-from .forget_losses import ForgetBatch, build_forget_loss
-from .forget_rows import ForgetRows, InputCapture
-from .model_card import base_model_of, card_dataset, model_class_names, write_model_card
+from .io.model_card import base_model_of, card_dataset, model_class_names, write_model_card
+from .io.publish import push_unlearned_model
 from .models import classifier_logits, head_linear, num_classes
-from .penalty import AnchorPenalty
-from .publish import push_unlearned_model
+from .objective.fisher import default_fisher_cache_dir, fisher_sample, load_or_compute_fisher, memory_budget
+from .objective.forget_losses import ForgetBatch, build_forget_loss
+from .objective.forget_rows import ForgetRows, InputCapture
+from .objective.penalty import AnchorPenalty
 from .results import UnlearningResults
 from .verdict import is_forgotten, not_forgotten_message
 

@@ -9,11 +9,11 @@ from torch import nn
 from torch.utils.data import Dataset
 from transformers.utils import logging
 
-from .checkpoints import last_complete_checkpoint
 from .config import PBUConfig
-from .evaluation import measure
-from .evidence import collect_evidence
-from .model_card import model_class_names
+from .evidence.collect import collect_evidence
+from .evidence.measure import measure
+from .io.checkpoints import last_complete_checkpoint
+from .io.model_card import model_class_names
 from .models import num_classes
 from .results import Measurement, UnlearningResults
 from .trainer import PBUTrainer

@@ -1,7 +1,7 @@
 """The main job, for `accelerate launch scripts/unlearn.py ...`: the same command as `hf-pbu unlearn ...`
-(`hf_pbu/scripts/unlearn.py`), with the same arguments (`--help` lists them)."""
+(`hf_pbu/cli/unlearn.py`), with the same arguments (`--help` lists them)."""
 
-from hf_pbu.scripts.unlearn import main
+from hf_pbu.cli.unlearn import main
 
 if __name__ == "__main__":
     main()

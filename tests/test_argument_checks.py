@@ -4,7 +4,7 @@ flag; YAML values are read as their flags' types (a scalar where a list is expec
 import pytest
 from test_unlearn_script import _script
 
-import hf_pbu.scripts.unlearn
+import hf_pbu.cli.unlearn
 
 BAD_VALUES = [
     ("learning_rate", "0", "--learning_rate must be a finite number > 0; got 0.0"),
@@ -31,7 +31,7 @@ BAD_VALUES = [
 
 @pytest.fixture
 def nothing_loaded(monkeypatch):
-    monkeypatch.setattr(hf_pbu.scripts.unlearn, "load_classifier", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(hf_pbu.cli.unlearn, "load_classifier", lambda *a, **k: pytest.fail("the model was loaded"))
 
 
 def refused(argv: list[str]) -> str:
@@ -77,14 +77,14 @@ def test_yaml_values_are_read_as_their_flags_types(tmp_path):
         "mia_samples: '200'\n"
         "revision: 2024\n"
     )
-    model_args, data_args, pbu = hf_pbu.scripts.unlearn.parse([str(config)])
+    model_args, data_args, pbu = hf_pbu.cli.unlearn.parse([str(config)])
     assert data_args.forget_class == ["cat"]
     assert pbu.learning_rate == 1e-4 and pbu.save_strategy == "no" and pbu.label_names == ["labels"]
     assert pbu.max_steps == 10 and isinstance(pbu.max_steps, int) and pbu.use_cpu is True
     assert data_args.mia_samples == 200 and model_args.revision == "2024"
 
     config.write_text("model_id: org/tiny-timm\nforget_class: [3, cat]\noutput_dir: out\n")
-    assert hf_pbu.scripts.unlearn.parse([str(config)])[1].forget_class == ["3", "cat"]
+    assert hf_pbu.cli.unlearn.parse([str(config)])[1].forget_class == ["3", "cat"]
 
 
 @pytest.mark.parametrize(("text", "expected"), [

@@ -7,22 +7,22 @@ import dataclasses
 import pytest
 import timm
 import torch
+from baselines import METHODS
+from baselines.bad_teaching import BadTeachingConfig
+from baselines.finetune import FinetuneConfig
+from baselines.mask_logits import MaskLogitsConfig
+from baselines.retrain import RetrainConfig
+from baselines.scrub import SCRUBConfig
+from baselines.ssd import SSDConfig, dampen
+from baselines.unsir import UNSIRConfig
+from classifier_training import ClassifierTrainer
 from offline_data import digits_dataset
 from torch.utils.data import Dataset
 from transformers import TrainingArguments
 
 from hf_pbu import PBUConfig
-from hf_pbu.baselines import METHODS
-from hf_pbu.baselines.bad_teaching import BadTeachingConfig
-from hf_pbu.baselines.finetune import FinetuneConfig
-from hf_pbu.baselines.mask_logits import MaskLogitsConfig
-from hf_pbu.baselines.retrain import RetrainConfig
-from hf_pbu.baselines.scrub import SCRUBConfig
-from hf_pbu.baselines.ssd import SSDConfig, dampen
-from hf_pbu.baselines.unsir import UNSIRConfig
-from hf_pbu.classifier_training import ClassifierTrainer
-from hf_pbu.data import split_by_classes, with_image_transform
-from hf_pbu.evaluation import accuracy
+from hf_pbu.data.splits import split_by_classes, with_image_transform
+from hf_pbu.evidence.measure import accuracy
 from hf_pbu.models import eval_transform
 
 FORGET_CLASS = 3

@@ -25,10 +25,10 @@ from test_fisher_cache_faults import overwrite_values
 from test_unlearn_script import FAST, _script, offline, one_thread  # noqa: F401 (fixtures)
 from transformers import Trainer
 
-import hf_pbu.scripts.unlearn
-from hf_pbu.atomic import WORK_DIR
-from hf_pbu.checkpoints import MANIFEST_FILE, SIGNATURE_FILE
-from hf_pbu.output_lock import LOCK_FILE, OWNER_FILE, OutputFolderInUseError, OutputFolderLock
+import hf_pbu.cli.unlearn
+from hf_pbu.io.atomic import WORK_DIR
+from hf_pbu.io.checkpoints import MANIFEST_FILE, SIGNATURE_FILE
+from hf_pbu.io.output_lock import LOCK_FILE, OWNER_FILE, OutputFolderInUseError, OutputFolderLock
 from hf_pbu.results import RESULTS_FILE
 
 # Four steps, a checkpoint after each (the last one kept): a kill or a full disk can hit checkpoint 3 of 4.
@@ -264,11 +264,11 @@ def test_two_runs_on_one_folder_the_second_is_refused_with_the_holders_pid(
     try:
         while not (out / OWNER_FILE).exists() and first.is_alive():
             time.sleep(0.01)
-        load_classifier = hf_pbu.scripts.unlearn.load_classifier
-        monkeypatch.setattr(hf_pbu.scripts.unlearn, "load_classifier",
+        load_classifier = hf_pbu.cli.unlearn.load_classifier
+        monkeypatch.setattr(hf_pbu.cli.unlearn, "load_classifier",
                             lambda *a: pytest.fail("the second run loaded the model"))
         message = error_of(argv(tiny_imagefolder, out))
-        monkeypatch.setattr(hf_pbu.scripts.unlearn, "load_classifier", load_classifier)
+        monkeypatch.setattr(hf_pbu.cli.unlearn, "load_classifier", load_classifier)
     finally:
         first.join()
     assert message.startswith(f"error: Another run is writing to {out} (pid {os.getpid()} on ")

@@ -7,7 +7,7 @@ import sys
 import pytest
 from test_distributed import SCRIPTS, accelerate_launch
 
-from hf_pbu.checkpoints import SIGNATURE_FILE
+from hf_pbu.io.checkpoints import SIGNATURE_FILE
 
 sys.path.insert(0, str(SCRIPTS))
 from distributed_unlearning import IMAGES, config

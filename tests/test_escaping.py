@@ -10,9 +10,9 @@ import pytest
 from huggingface_hub import ModelCard, ModelCardData
 from tiny_unlearning_run import shared_unlearning_run
 
-from hf_pbu.escaping import markdown_text, one_line
-from hf_pbu.evidence import plot_per_class_accuracy
-from hf_pbu.model_card import write_model_card
+from hf_pbu.evidence.collect import plot_per_class_accuracy
+from hf_pbu.io.escaping import markdown_text, one_line
+from hf_pbu.io.model_card import write_model_card
 
 markdown_it = pytest.importorskip("markdown_it")
 

@@ -12,7 +12,7 @@ import torch
 from tiny_models import DictDataset
 from torch import nn
 
-from hf_pbu.evidence import (
+from hf_pbu.evidence.collect import (
     collect_evidence,
     forget_confusion,
     head_linear,
@@ -25,7 +25,7 @@ from hf_pbu.evidence import (
     relearn_attack,
     relearn_set,
 )
-from hf_pbu.head_attacks import check_head_reads_features, reset_forget_head
+from hf_pbu.evidence.head_attacks import check_head_reads_features, reset_forget_head
 from hf_pbu.models import classifier_logits
 
 CLASSES, FORGET = 5, 3
@@ -275,7 +275,7 @@ def test_collect_evidence_writes_the_chart_and_compares_original_with_unlearned(
     """A run's evidence: the per-class chart in the output folder, where the forgotten class's images go, and, with
     the attacks, the probe and the relearn attack for both models (here the masked original plays the unlearned
     model: its class is back after the attack, as on the original)."""
-    from hf_pbu.evaluation import predictions
+    from hf_pbu.evidence.measure import predictions
 
     tests = ("forget_test", "retain_test")
     outputs = {when: {name: predictions(model, digits[name]) for name in tests}
@@ -363,7 +363,7 @@ def _attack(before: float, after: float) -> dict:
     (1.0, 2.0, 20.0, "features"),
 ])
 def test_forgetting_level_reads_the_attacks_against_the_original(head, relearn, prototype, level):
-    from hf_pbu.evidence import forgetting_level
+    from hf_pbu.evidence.collect import forgetting_level
 
     evidence = {"head_relearn_attack": _attack(90.0, head), "prototype_attack": _attack(95.0, prototype)}
     if relearn is not None:

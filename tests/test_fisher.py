@@ -6,7 +6,7 @@ from tiny_models import DictDataset, TinyConvNet, random_images, trained_bn_stat
 from torch.utils.data import DataLoader
 
 from hf_pbu import compute_fisher_diagonal
-from hf_pbu.fisher import load_or_compute_fisher
+from hf_pbu.objective.fisher import load_or_compute_fisher
 
 
 def setup(num_classes=4, n=10, seed=0):

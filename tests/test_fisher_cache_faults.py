@@ -13,13 +13,13 @@ from safetensors.torch import save_file
 from tiny_models import DictDataset, TinyConvNet, random_images, trained_bn_stats
 from torch.utils.data import DataLoader
 
-from hf_pbu.fisher import (
+from hf_pbu.io.fisher_cache import load_checked
+from hf_pbu.objective.fisher import (
     compute_fisher_diagonal,
     fisher_cache_path,
     fisher_partial_path,
     load_or_compute_fisher,
 )
-from hf_pbu.fisher_cache import load_checked
 
 BATCH = 4
 
@@ -103,7 +103,7 @@ def test_a_cache_of_another_shape_is_refused(setup, tmp_path, caplog):
     path = fisher_cache_path(str(tmp_path), model, dataset, "exact", 1, 0)
     reference, _, _ = load_or_compute_fisher(model, dataset, make_loader(dataset), str(tmp_path))
     other = {name: torch.zeros(3) for name in reference}
-    from hf_pbu.fisher_cache import save_checked
+    from hf_pbu.io.fisher_cache import save_checked
 
     save_checked(path, other, 1.0)
     with caplog.at_level(logging.WARNING):

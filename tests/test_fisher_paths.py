@@ -10,11 +10,11 @@ from fisher_reference import brute_force_fisher, max_rel_error
 from timm.layers import LayerNorm, LayerNorm2d, LayerScale, LayerScale2d
 from torch import nn
 
-from hf_pbu import fisher as fisher_module
-from hf_pbu import fisher_layers
-from hf_pbu.fisher import _exact_factor, compute_fisher_diagonal, score_directions
-from hf_pbu.fisher_layers import squared_gradient_sums
 from hf_pbu.models import classifier_logits
+from hf_pbu.objective import fisher as fisher_module
+from hf_pbu.objective import fisher_layers
+from hf_pbu.objective.fisher import _exact_factor, compute_fisher_diagonal, score_directions
+from hf_pbu.objective.fisher_layers import squared_gradient_sums
 
 
 def fisher(model, images, batch_size=3, **kwargs):

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from tiny_models import DictDataset, TinyConvNet, random_images, trained_bn_stats
 
 from hf_pbu import PBUConfig, PBUTrainer
-from hf_pbu.forget_losses import FORGET_LOSSES, TERMS, ForgetBatch, build_forget_loss
+from hf_pbu.objective.forget_losses import FORGET_LOSSES, TERMS, ForgetBatch, build_forget_loss
 
 NUM_CLASSES = 5
 FORGET = torch.tensor([1, 3])

@@ -10,7 +10,7 @@ from tiny_models import DictDataset, TinyConvNet, random_images, trained_bn_stat
 from torch.utils.data import Dataset
 
 from hf_pbu import PBUConfig, PBUTrainer
-from hf_pbu.forget_rows import ForgetRows
+from hf_pbu.objective.forget_rows import ForgetRows
 
 NUM_CLASSES, FORGET = 5, [1, 3]
 

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hf_pbu.evaluation import UNLEARNING_ACCURACY_METRIC, predictions
-from hf_pbu.mia import entropy, loss_features, member_rate, membership_inference
+from hf_pbu.evidence.measure import UNLEARNING_ACCURACY_METRIC, predictions
+from hf_pbu.evidence.mia import entropy, loss_features, member_rate, membership_inference
 
 CLASSES = 4
 
@@ -85,7 +85,7 @@ def test_attacks_flag_a_remembered_forget_set_and_not_a_forgotten_one():
 
 
 def test_mia_is_skipped_without_retained_training_data(caplog):
-    caplog.set_level(logging.INFO, logger="hf_pbu.mia")
+    caplog.set_level(logging.INFO, logger="hf_pbu.evidence.mia")
     assert membership_inference({"forget_train": _outputs([0] * 4, 8.0)}) is None
     assert "skipping the membership-inference attack" in caplog.text
 

@@ -15,7 +15,7 @@ from huggingface_hub import ModelCard, ModelCardData, constants
 from huggingface_hub.repocard_data import eval_results_to_model_index, model_index_to_eval_results
 from tiny_unlearning_run import shared_unlearning_run
 
-from hf_pbu.model_card import (
+from hf_pbu.io.model_card import (
     ACCURACY_ROWS,
     METRIC_NAMES,
     base_model_of,

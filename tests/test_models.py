@@ -13,7 +13,7 @@ from tiny_models import DictDataset
 from transformers import AutoModelForImageClassification, BertConfig
 
 from hf_pbu import PBUConfig, PBUTrainer
-from hf_pbu.model_card import card_datasets, load_base_card
+from hf_pbu.io.model_card import card_datasets, load_base_card
 from hf_pbu.models import (
     classifier_logits,
     load_classifier,

@@ -25,8 +25,8 @@ INSTALLED_CHECK = textwrap.dedent(
 
     from huggingface_hub import ModelCard
     from hf_pbu import Measurement, PBUConfig, UnlearningResults
-    from hf_pbu.evaluation import UNLEARNING_ACCURACY_METRIC, unlearning_accuracy_metric
-    from hf_pbu.model_card import write_model_card
+    from hf_pbu.evidence.measure import UNLEARNING_ACCURACY_METRIC, unlearning_accuracy_metric
+    from hf_pbu.io.model_card import write_model_card
 
     assert Path(UNLEARNING_ACCURACY_METRIC).resolve().is_relative_to(site)
     scores = unlearning_accuracy_metric().compute(predictions=[0, 1, 2, 2], references=[0, 1, 1, 2], forget_classes=[1])

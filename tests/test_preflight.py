@@ -7,14 +7,14 @@ import huggingface_hub
 import pytest
 from test_unlearn_script import _script
 
-import hf_pbu.scripts.unlearn
+import hf_pbu.cli.unlearn
 from hf_pbu import PBUConfig
-from hf_pbu.model_card import hub_repo_id
+from hf_pbu.io.model_card import hub_repo_id
 
 
 @pytest.fixture
 def nothing_loaded(monkeypatch):
-    monkeypatch.setattr(hf_pbu.scripts.unlearn, "load_classifier", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(hf_pbu.cli.unlearn, "load_classifier", lambda *a, **k: pytest.fail("the model was loaded"))
 
 
 @pytest.fixture

@@ -20,8 +20,8 @@ from recording_hub import RecordingHub
 from tiny_unlearning_run import shared_base_model_dir, shared_unlearning_run
 
 from hf_pbu import PBUConfig
-from hf_pbu.model_card import write_model_card
-from hf_pbu.publish import HubPushError, push_unlearned_model
+from hf_pbu.io.model_card import write_model_card
+from hf_pbu.io.publish import HubPushError, push_unlearned_model
 from hf_pbu.results import RESULTS_FILE
 
 REPO_ID = "me/tiny-digits-unlearned"
@@ -223,7 +223,7 @@ def _digits_splits(model) -> dict:
     from offline_data import digits_dataset
     from tiny_unlearning_run import FORGET_CLASSES
 
-    from hf_pbu.data import unlearning_splits, with_image_transform
+    from hf_pbu.data.splits import unlearning_splits, with_image_transform
     from hf_pbu.models import eval_transform
 
     digits = digits_dataset()

@@ -11,8 +11,8 @@ from torch.utils.data import SequentialSampler
 from transformers import TrainerCallback
 
 from hf_pbu import NonFiniteLossError, PBUConfig, PBUTrainer
-from hf_pbu.checkpoints import SIGNATURE_FILE
-from hf_pbu.penalty import AnchorPenalty
+from hf_pbu.io.checkpoints import SIGNATURE_FILE
+from hf_pbu.objective.penalty import AnchorPenalty
 
 
 def config(tmp_path, **overrides) -> PBUConfig:

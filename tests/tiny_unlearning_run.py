@@ -9,14 +9,14 @@ import tempfile
 import timm
 import torch
 from base_models import SMALL_IMAGE_PRETRAINED_CFG
+from classifier_training import ClassifierTrainer
 from datasets import DatasetDict
 from offline_data import digits_dataset
 from timm.models import save_for_hf
 from transformers import TrainingArguments
 
 from hf_pbu import PBUConfig
-from hf_pbu.classifier_training import ClassifierTrainer
-from hf_pbu.data import class_names, unlearning_splits, with_image_transform
+from hf_pbu.data.splits import class_names, unlearning_splits, with_image_transform
 from hf_pbu.models import eval_transform
 from hf_pbu.results import UnlearningResults
 from hf_pbu.unlearning import unlearn

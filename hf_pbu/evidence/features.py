@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .models import classifier_head, eval_mode
+from ..models import classifier_head, eval_mode
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

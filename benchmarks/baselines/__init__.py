@@ -4,7 +4,8 @@ Each module holds one method: `unlearn(model, forget_train, retain_train, config
 dataclass, `DATA_NEEDED` and the paper it follows.
 """
 
-from ..config import PBUConfig
+from hf_pbu.config import PBUConfig
+
 from . import bad_teaching, finetune, mask_logits, pbu, retrain, scrub, ssd, unsir
 from .method import DataNeeded, UnlearningMethod
 

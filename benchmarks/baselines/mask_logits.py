@@ -14,7 +14,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..models import head_linear
+from hf_pbu.models import head_linear
+
 from ._common import labels_of
 
 DATA_NEEDED = "forget only"

@@ -19,10 +19,10 @@ from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from .data import seeded_indices
+from ..data.splits import seeded_indices
+from ..models import classifier_logits, eval_mode
+from ..results import Measurement
 from .mia import membership_inference
-from .models import classifier_logits, eval_mode
-from .results import Measurement
 
 
 @torch.no_grad()
@@ -76,7 +76,7 @@ def accuracy(
 
 
 # The evaluate module shipped inside the package (package data), loadable offline by path.
-UNLEARNING_ACCURACY_METRIC = str(Path(__file__).resolve().parent / "metrics" / "unlearning_accuracy")
+UNLEARNING_ACCURACY_METRIC = str(Path(__file__).resolve().parents[1] / "metrics" / "unlearning_accuracy")
 # Splits measured, each run through the model once: A_Df, A_Dr and forget-train accuracy, and the attack's
 # members (retain_train) and non-members (retain_test).
 MEASURED_SPLITS = ("forget_test", "retain_test", "forget_train", "retain_train")

@@ -12,8 +12,8 @@ from huggingface_hub import HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 from transformers.utils import logging
 
-from . import __version__
-from .config import PBUConfig
+from ..config import PBUConfig
+from ..version import __version__
 from .model_card import hub_repo_id
 
 logger = logging.get_logger(__name__)

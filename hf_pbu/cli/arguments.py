@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass, field
 
-from .argument_checks import DATA_RULES, check_numbers
+from ..argument_checks import DATA_RULES, check_numbers
 
 
 @dataclass

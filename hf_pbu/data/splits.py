@@ -21,8 +21,8 @@ from datasets import (
 )
 from transformers.utils import logging
 
+from ..models import LoadedClassifier, generic_label_names, num_classes
 from .images import open_image
-from .models import LoadedClassifier, generic_label_names, num_classes
 
 logger = logging.get_logger(__name__)
 

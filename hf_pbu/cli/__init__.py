@@ -1,4 +1,4 @@
-"""The `hf-pbu` console command: `hf-pbu unlearn ...` runs the main job (`hf_pbu/scripts/unlearn.py`).
+"""The `hf-pbu` console command: `hf-pbu unlearn ...` runs the main job (`hf_pbu/cli/unlearn.py`).
 
 Under several processes, launch it as `accelerate launch scripts/unlearn.py ...` or `accelerate launch -m hf_pbu.cli
 unlearn ...`.
@@ -6,7 +6,7 @@ unlearn ...`.
 
 import sys
 
-from .scripts import unlearn
+from . import unlearn
 
 COMMANDS = {"unlearn": unlearn.main}
 USAGE = (

@@ -16,11 +16,11 @@ from huggingface_hub import constants, get_token
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from .checkpoints import checkpoint_to_resume
-from .config import PBUConfig
-from .model_card import hub_repo_id
-from .output_lock import OutputFolderInUseError, OutputFolderLock
-from .publish import TOKEN_FIX
+from ..config import PBUConfig
+from ..io.checkpoints import checkpoint_to_resume
+from ..io.model_card import hub_repo_id
+from ..io.output_lock import OutputFolderInUseError, OutputFolderLock
+from ..io.publish import TOKEN_FIX
 
 
 def check_output_dir(output_dir: str) -> None:

@@ -27,8 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
-from ..fisher import compute_fisher_diagonal
-from ..models import classifier_logits, eval_mode
+from hf_pbu.models import classifier_logits, eval_mode
+from hf_pbu.objective.fisher import compute_fisher_diagonal
+
 from ._common import labels_of, loader
 
 DATA_NEEDED = "forget + retain"

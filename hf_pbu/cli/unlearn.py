@@ -26,20 +26,20 @@ from huggingface_hub.errors import HfHubHTTPError
 from transformers import HfArgumentParser
 from transformers.utils import logging
 
-from ..arguments import DataArguments, ModelArguments
 from ..config import PBUConfig
-from ..config_file import parse_arguments_file
-from ..data import load_unlearning_splits
+from ..data.splits import load_unlearning_splits
 from ..failures import UnlearningFailedError
-from ..model_card import CARD_FILE, card_dataset, card_datasets, load_base_card
+from ..io.model_card import CARD_FILE, card_dataset, card_datasets, load_base_card
+from ..io.output_lock import OutputFolderInUseError
+from ..io.publish import HubPushError
 from ..models import load_classifier
-from ..output_lock import OutputFolderInUseError
-from ..preflight import preflight
-from ..publish import HubPushError
 from ..results import RESULTS_FILE
 from ..unlearning import resume_checkpoint, unlearn
+from .arguments import DataArguments, ModelArguments
+from .config_file import parse_arguments_file
+from .preflight import preflight
 
-logger = logging.get_logger("hf_pbu.unlearn")
+logger = logging.get_logger(__name__)
 
 
 def parse(argv: list[str]) -> tuple[ModelArguments, DataArguments, PBUConfig]:

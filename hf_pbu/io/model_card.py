@@ -17,16 +17,16 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers.utils import logging
 
+from ..config import PBUConfig
+from ..models import _specific_names, hub_model_id_of, resolve_model_id
+from ..objective.forget_losses import build_forget_loss
+from ..results import Measurement, UnlearningResults
 from .atomic import write_text
-from .config import PBUConfig
 from .escaping import code_span_text, markdown_text
-from .forget_losses import build_forget_loss
-from .models import _specific_names, hub_model_id_of, resolve_model_id
-from .results import Measurement, UnlearningResults
 
 logger = logging.get_logger(__name__)
 
-TEMPLATE_PATH = Path(__file__).resolve().parent / "model_cards" / "unlearned_model.md"
+TEMPLATE_PATH = Path(__file__).resolve().parents[1] / "model_cards" / "unlearned_model.md"
 CARD_FILE = "README.md"
 TAGS = ["machine-unlearning", "class-unlearning", "pbu", "image-classification"]
 # Rows of the before/after table: (label, `Measurement` field).

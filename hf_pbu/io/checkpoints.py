@@ -20,9 +20,9 @@ from torch.utils.data import Dataset
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
+from ..config import PBUConfig
+from ..objective.fisher import dataset_fingerprint, model_fingerprint
 from .atomic import fsync_folder, fsync_tree, remove_work_dir_if_empty, work_dir
-from .config import PBUConfig
-from .fisher import dataset_fingerprint, model_fingerprint
 
 logger = logging.get_logger(__name__)
 

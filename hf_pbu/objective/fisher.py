@@ -34,11 +34,11 @@ from torch.func import functional_call, vjp, vmap
 from torch.utils.data import Subset
 from transformers.utils import logging
 
-from .data import seeded_indices
-from .distributed import is_main_process
-from .fisher_cache import PartialSums, load_checked, save_checked
+from ..data.splits import seeded_indices
+from ..distributed import is_main_process
+from ..io.fisher_cache import PartialSums, load_checked, save_checked
+from ..models import classifier_logits, eval_mode
 from .fisher_layers import PENDING_BUDGET_BYTES, batch_coupling_modules, per_image_bytes, squared_gradient_sums
-from .models import classifier_logits, eval_mode
 
 logger = logging.get_logger(__name__)
 

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..models import classifier_logits
+from hf_pbu.models import classifier_logits
+
 from ._common import loader
 
 DATA_NEEDED = "forget + retain"

@@ -9,7 +9,7 @@ import dataclasses
 import torch.nn.functional as F
 from transformers import Trainer, TrainingArguments
 
-from .models import classifier_logits
+from hf_pbu.models import classifier_logits
 
 
 class ClassifierTrainer(Trainer):

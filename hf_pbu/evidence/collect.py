@@ -29,10 +29,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 from transformers.utils import logging
 
-from .atomic import atomic_file
-from .data import seeded_indices
-from .escaping import chart_label
-from .evaluation import accuracy, accuracy_of, predictions
+from ..data.splits import seeded_indices
+from ..io.atomic import atomic_file
+from ..io.escaping import chart_label
+from ..models import classifier_logits, head_linear
 from .features import _device, _unwrap, dataset_features, dataset_labels, penultimate_features
 from .head_attacks import (
     RELEARN_BATCH_SIZE,
@@ -47,7 +47,7 @@ from .head_attacks import (
     prototype_from_features,
     reset_forget_head,
 )
-from .models import classifier_logits, head_linear
+from .measure import accuracy, accuracy_of, predictions
 
 logger = logging.get_logger(__name__)
 

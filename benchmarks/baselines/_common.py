@@ -5,12 +5,12 @@ import tempfile
 
 import numpy as np
 import torch
+from classifier_training import ClassifierTrainer
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from transformers import PrinterCallback, TrainingArguments
 
-from ..classifier_training import ClassifierTrainer
-from ..data import seeded_indices
+from hf_pbu.data.splits import seeded_indices
 
 
 def loader(dataset: Dataset, batch_size: int, seed: int, shuffle: bool = True) -> DataLoader:

@@ -28,9 +28,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, TensorDataset
 from transformers.utils import logging
 
-from .evaluation import accuracy_of
+from ..models import classifier_head, classifier_logits, eval_mode
 from .features import _loader, _unwrap, penultimate_features
-from .models import classifier_head, classifier_logits, eval_mode
+from .measure import accuracy_of
 
 logger = logging.get_logger(__name__)
 

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import ConcatDataset, Dataset
 
-from ..models import classifier_logits, eval_mode
+from hf_pbu.models import classifier_logits, eval_mode
+
 from ._common import labels_of, per_class_subset, train_cross_entropy
 
 DATA_NEEDED = "forget + retain"

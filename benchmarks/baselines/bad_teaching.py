@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import ConcatDataset, Dataset
 
-from ..models import classifier_logits
+from hf_pbu.models import classifier_logits
+
 from ._common import loader, random_subset, reinitialised_copy
 
 DATA_NEEDED = "forget + retain"

@@ -5,8 +5,8 @@ arXiv:2403.16246)."""
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..config import PBUConfig
-from ..trainer import PBUTrainer
+from hf_pbu.config import PBUConfig
+from hf_pbu.trainer import PBUTrainer
 
 DATA_NEEDED = "forget only"
 REFERENCE = "Panda, Sourav and Prathosh, AAAI 2025, arXiv:2403.16246 (PBU)"
