@@ -13,7 +13,7 @@ from timm.models import save_for_hf
 from transformers import TrainingArguments
 from transformers.utils import logging
 
-from hf_pbu.data.splits import class_names, with_image_transform
+from hf_pbu.data import class_names, with_image_transform
 from hf_pbu.models import eval_transform
 
 logger = logging.get_logger(__name__)

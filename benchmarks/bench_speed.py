@@ -33,7 +33,7 @@ def digits_setup(args):
     from base_models import train_digits_model
     from offline_data import digits_dataset
 
-    from hf_pbu.data.splits import split_by_classes, unlearning_splits, with_image_transform
+    from hf_pbu.data import split_by_classes, unlearning_splits, with_image_transform
     from hf_pbu.models import eval_transform
 
     model = timm.create_model(f"local-dir:{train_digits_model(args.base_model_dir)}", pretrained=True)
@@ -197,7 +197,7 @@ def part_retrain(args):
     from base_models import DIGITS_ARCH, SMALL_IMAGE_PRETRAINED_CFG, training_recipe
     from classifier_training import ClassifierTrainer
 
-    from hf_pbu.evidence.measure import accuracy
+    from hf_pbu.evidence.measurement import accuracy
 
     base, splits, retain_train = digits_setup(args)
     torch.manual_seed(0)

@@ -21,9 +21,9 @@ from baselines import METHODS
 from datasets import DatasetDict
 from torch import nn
 
-from hf_pbu.data.splits import split_by_classes, unlearning_splits, with_image_transform
-from hf_pbu.evidence.collect import attack_evidence
-from hf_pbu.evidence.measure import measure
+from hf_pbu.data import split_by_classes, unlearning_splits, with_image_transform
+from hf_pbu.evidence import attack_evidence
+from hf_pbu.evidence.measurement import measure
 
 SECTION_TITLE = "## Quality: PBU vs baselines (issue 5)"
 

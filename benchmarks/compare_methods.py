@@ -45,8 +45,8 @@ from transformers import HfArgumentParser
 from transformers.utils import logging
 
 from hf_pbu import PBUConfig
-from hf_pbu.data.splits import class_names
-from hf_pbu.evidence.measure import measure
+from hf_pbu.data import class_names
+from hf_pbu.evidence.measurement import measure
 from hf_pbu.models import eval_transform
 
 logger = logging.get_logger(__name__)

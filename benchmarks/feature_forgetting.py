@@ -33,8 +33,8 @@ from transformers import HfArgumentParser
 from transformers.utils import logging
 
 from hf_pbu import PBUConfig, PBUTrainer
-from hf_pbu.evidence.collect import attack_evidence
-from hf_pbu.evidence.measure import measure
+from hf_pbu.evidence import attack_evidence
+from hf_pbu.evidence.measurement import measure
 from hf_pbu.models import eval_transform
 
 # The PBUConfig fields that tell two settings apart in the tables (the others stay at their defaults).

@@ -26,7 +26,7 @@ from transformers import HfArgumentParser
 from transformers.utils import logging
 
 from hf_pbu import PBUConfig, PBUTrainer
-from hf_pbu.evidence.measure import measure, predictions
+from hf_pbu.evidence.measurement import measure, predictions
 from hf_pbu.models import eval_transform
 from hf_pbu.objective.fisher import score_directions
 

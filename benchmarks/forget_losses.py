@@ -31,7 +31,7 @@ from transformers import HfArgumentParser
 from transformers.utils import logging
 
 from hf_pbu import PBUConfig, PBUTrainer
-from hf_pbu.evidence.measure import measure
+from hf_pbu.evidence.measurement import measure
 from hf_pbu.models import eval_transform
 
 MODEL_DIRS = {"digits": "outputs/digits-resnet18", "fashion_mnist": "outputs/fashion-mnist-resnet18q-2ep"}

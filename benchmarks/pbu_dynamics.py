@@ -16,7 +16,7 @@ from forget_losses import MODEL_DIRS
 from transformers import TrainerCallback
 
 from hf_pbu import PBUTrainer
-from hf_pbu.evidence.measure import accuracy
+from hf_pbu.evidence.measurement import accuracy
 from hf_pbu.models import eval_transform
 
 

@@ -22,9 +22,10 @@ from forget_losses import MODEL_DIRS
 from transformers import TrainerCallback
 
 from hf_pbu import PBUTrainer
-from hf_pbu.data.splits import seeded_indices, unlearning_splits, with_image_transform
-from hf_pbu.evidence.measure import accuracy
+from hf_pbu.data import unlearning_splits, with_image_transform
+from hf_pbu.evidence.measurement import accuracy
 from hf_pbu.models import eval_transform
+from hf_pbu.sampling import seeded_indices
 
 
 @dataclass

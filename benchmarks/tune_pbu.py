@@ -15,7 +15,7 @@ from transformers import HfArgumentParser
 from transformers.utils import logging
 
 from hf_pbu import PBUConfig
-from hf_pbu.data.splits import unlearning_splits, with_image_transform
+from hf_pbu.data import unlearning_splits, with_image_transform
 from hf_pbu.models import eval_transform
 from hf_pbu.unlearning import unlearn
 

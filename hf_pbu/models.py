@@ -169,7 +169,7 @@ def _family(config: dict, model_id: str) -> Family:
     )
 
 
-def _specific_names(names: list[str] | None, count: int) -> list[str] | None:
+def specific_names(names: list[str] | None, count: int) -> list[str] | None:
     """Names, unless missing, of the wrong length, or the generic LABEL_i / i that carry no meaning."""
     if not names or len(names) != count:
         return None
@@ -186,7 +186,7 @@ def _load_timm(model_id: str, config: dict, source: str, cache_dir: str | None) 
     return LoadedClassifier(
         model=model,
         transform=transform,
-        label_names=_specific_names(names, model.num_classes),
+        label_names=specific_names(names, model.num_classes),
         family="timm",
         in_chans=int(data_config["input_size"][0]),
         source=source,
@@ -247,7 +247,7 @@ def _load_transformers(model_id: str, config: dict, revision: str | None, cache_
     return LoadedClassifier(
         model=model,
         transform=processor_transform(processor),
-        label_names=_specific_names(names, model.config.num_labels),
+        label_names=specific_names(names, model.config.num_labels),
         family="transformers",
         in_chans=_transformers_in_chans(model.config),
         source=model_id,
@@ -297,7 +297,7 @@ def _inner(model: nn.Module) -> nn.Module:
     return getattr(model, "timm_model", model)
 
 
-def _last_linear(module: nn.Module) -> nn.Linear | None:
+def last_linear(module: nn.Module) -> nn.Linear | None:
     linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
     return linears[-1] if linears else None
 
@@ -321,7 +321,7 @@ def classifier_head(model: nn.Module) -> nn.Module:
     for name in HEAD_ATTRIBUTES:
         module = getattr(model, name, None)
         if isinstance(module, nn.Module) and not isinstance(module, (nn.ModuleList, nn.ModuleDict)):
-            if classifies(_last_linear(module)):
+            if classifies(last_linear(module)):
                 return module
     linear = next((m for m in reversed(list(model.modules())) if classifies(m) and count is not None), None)
     if linear is not None:
@@ -336,4 +336,4 @@ def classifier_head(model: nn.Module) -> nn.Module:
 def head_linear(model: nn.Module) -> nn.Linear | None:
     """The last `nn.Linear` of the classifier head (transformers' ResNet head is Flatten -> Linear, LeViT's
     BatchNorm -> Linear), or None (a timm head that is a 1x1 convolution)."""
-    return _last_linear(classifier_head(model))
+    return last_linear(classifier_head(model))

@@ -19,8 +19,9 @@ from transformers.trainer_utils import TrainOutput
 from transformers.utils import logging
 
 from .config import PBUConfig, refuse_sharded_training
+from .data import dataset_labels
 from .distributed import shard
-from .evidence.measure import accuracy_of, predictions
+from .evidence.measurement import accuracy_of, predictions
 from .failures import NonFiniteLossError, NonFiniteWeightsError, UnchangedWeightsError
 from .io.atomic import is_write_failure, remove_work_dir_if_empty, staged_files, write_error
 from .io.checkpoints import (
@@ -34,11 +35,12 @@ from .io.checkpoints import (
 from .io.model_card import base_model_of, card_dataset, model_class_names, write_model_card
 from .io.publish import push_unlearned_model
 from .models import classifier_logits, head_linear, num_classes
-from .objective.fisher import default_fisher_cache_dir, fisher_sample, load_or_compute_fisher, memory_budget
+from .objective.fisher import default_fisher_cache_dir, load_or_compute_fisher, memory_budget
 from .objective.forget_losses import ForgetBatch, build_forget_loss
 from .objective.forget_rows import ForgetRows, InputCapture
 from .objective.penalty import AnchorPenalty
 from .results import UnlearningResults
+from .sampling import seeded_subset
 from .verdict import is_forgotten, not_forgotten_message
 
 logger = logging.get_logger(__name__)
@@ -347,9 +349,9 @@ class PBUTrainer(Trainer):
 
     def _labels_of_forget_set(self) -> list[int]:
         """The labels present in the whole forget set (every process reads all of it, so all agree)."""
-        loader = DataLoader(self.train_dataset, batch_size=self.args.per_device_eval_batch_size,
-                            collate_fn=self.data_collator, num_workers=self.args.dataloader_num_workers)
-        return sorted({int(label) for batch in loader for label in batch["labels"]})
+        labels = dataset_labels(self.train_dataset, self.args.per_device_eval_batch_size, self.data_collator,
+                                self.args.dataloader_num_workers)
+        return sorted(set(labels.tolist()))
 
     def _forget_batch(self, logits: torch.Tensor, inputs: dict) -> ForgetBatch:
         """The forget term's inputs: fp32 logits, labels and, where needed, the reference model's logits."""
@@ -382,7 +384,7 @@ class PBUTrainer(Trainer):
         on_accelerator = args.device.type != "cpu"
         if on_accelerator:
             torch.accelerator.reset_peak_memory_stats(args.device)
-        forget = fisher_sample(self.train_dataset, args.fisher_max_samples, args.seed)
+        forget = seeded_subset(self.train_dataset, args.fisher_max_samples, args.seed)
         fisher, seconds, source = load_or_compute_fisher(
             self.model,
             forget,

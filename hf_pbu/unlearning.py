@@ -10,8 +10,8 @@ from torch.utils.data import Dataset
 from transformers.utils import logging
 
 from .config import PBUConfig
-from .evidence.collect import collect_evidence
-from .evidence.measure import measure
+from .evidence import collect_evidence
+from .evidence.measurement import measure
 from .io.checkpoints import last_complete_checkpoint
 from .io.model_card import model_class_names
 from .models import num_classes

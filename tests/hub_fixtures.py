@@ -34,7 +34,7 @@ def fit_to_digits(model, transform, classes: int) -> None:
     from offline_data import digits_dataset
     from transformers import TrainingArguments
 
-    from hf_pbu.data.splits import with_image_transform
+    from hf_pbu.data import with_image_transform
 
     train = digits_dataset()["train"].filter(lambda label: label < classes, input_columns="label")
     with tempfile.TemporaryDirectory() as output_dir:

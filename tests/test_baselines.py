@@ -21,8 +21,8 @@ from torch.utils.data import Dataset
 from transformers import TrainingArguments
 
 from hf_pbu import PBUConfig
-from hf_pbu.data.splits import split_by_classes, with_image_transform
-from hf_pbu.evidence.measure import accuracy
+from hf_pbu.data import split_by_classes, with_image_transform
+from hf_pbu.evidence.measurement import accuracy
 from hf_pbu.models import eval_transform
 
 FORGET_CLASS = 3

@@ -9,7 +9,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
 from offline_data import digits_dataset
 from PIL import Image as PILImage
 
-from hf_pbu.data.splits import (
+from hf_pbu.data import (
     ImageData,
     align_labels,
     forget_folder_dataset,

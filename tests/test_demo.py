@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from offline_data import digits_dataset
 
-from hf_pbu.data.splits import resolve_forget_classes, unlearning_splits
+from hf_pbu.data import resolve_forget_classes, unlearning_splits
 
 ROOT = Path(__file__).resolve().parents[1]
 

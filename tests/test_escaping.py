@@ -10,7 +10,7 @@ import pytest
 from huggingface_hub import ModelCard, ModelCardData
 from tiny_unlearning_run import shared_unlearning_run
 
-from hf_pbu.evidence.collect import plot_per_class_accuracy
+from hf_pbu.evidence import plot_per_class_accuracy
 from hf_pbu.io.escaping import markdown_text, one_line
 from hf_pbu.io.model_card import write_model_card
 

@@ -12,10 +12,9 @@ import torch
 from tiny_models import DictDataset
 from torch import nn
 
-from hf_pbu.evidence.collect import (
+from hf_pbu.evidence import (
     collect_evidence,
     forget_confusion,
-    head_linear,
     head_relearn_attack,
     linear_probe,
     penultimate_features,
@@ -25,8 +24,8 @@ from hf_pbu.evidence.collect import (
     relearn_attack,
     relearn_set,
 )
-from hf_pbu.evidence.head_attacks import check_head_reads_features, reset_forget_head
-from hf_pbu.models import classifier_logits
+from hf_pbu.evidence.attacks import check_head_reads_features, reset_forget_head
+from hf_pbu.models import classifier_logits, head_linear
 
 CLASSES, FORGET = 5, 3
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -275,7 +274,7 @@ def test_collect_evidence_writes_the_chart_and_compares_original_with_unlearned(
     """A run's evidence: the per-class chart in the output folder, where the forgotten class's images go, and, with
     the attacks, the probe and the relearn attack for both models (here the masked original plays the unlearned
     model: its class is back after the attack, as on the original)."""
-    from hf_pbu.evidence.measure import predictions
+    from hf_pbu.evidence.measurement import predictions
 
     tests = ("forget_test", "retain_test")
     outputs = {when: {name: predictions(model, digits[name]) for name in tests}
@@ -363,7 +362,7 @@ def _attack(before: float, after: float) -> dict:
     (1.0, 2.0, 20.0, "features"),
 ])
 def test_forgetting_level_reads_the_attacks_against_the_original(head, relearn, prototype, level):
-    from hf_pbu.evidence.collect import forgetting_level
+    from hf_pbu.evidence import forgetting_level
 
     evidence = {"head_relearn_attack": _attack(90.0, head), "prototype_attack": _attack(95.0, prototype)}
     if relearn is not None:

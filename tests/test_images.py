@@ -9,8 +9,8 @@ from datasets import Dataset, Image
 from datasets.features.image import image_to_bytes
 from PIL import Image as PILImage
 
+from hf_pbu.data import with_image_transform
 from hf_pbu.data.images import open_image, to_8bit
-from hf_pbu.data.splits import with_image_transform
 
 
 def _asymmetric(size=(12, 8)) -> PILImage.Image:

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import hf_pbu.evidence.measure as evaluation
+import hf_pbu.evidence.measurement as evaluation
 import hf_pbu.unlearning as unlearning
 from hf_pbu import Measurement, PBUConfig
-from hf_pbu.evidence.measure import measure
+from hf_pbu.evidence.measurement import measure
 from hf_pbu.unlearning import check_model_knows_forget_classes, recognition_threshold
 
 sys.path.insert(0, str(Path(__file__).parent / "scripts"))

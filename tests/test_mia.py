@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hf_pbu.evidence.measure import UNLEARNING_ACCURACY_METRIC, predictions
+from hf_pbu.evidence.measurement import UNLEARNING_ACCURACY_METRIC, predictions
 from hf_pbu.evidence.mia import entropy, loss_features, member_rate, membership_inference
 
 CLASSES = 4

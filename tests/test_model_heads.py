@@ -10,7 +10,7 @@ import torch
 from PIL import Image as PILImage
 from tiny_transformers import IMAGE_SIZE, TEACHER_VARIANTS, TINY_CONFIGS, build_tiny, model_types
 
-from hf_pbu.evidence.collect import penultimate_features
+from hf_pbu.evidence import penultimate_features
 from hf_pbu.models import UNSUPPORTED_MODEL_TYPES, classifier_head, classifier_logits, head_linear, load_classifier
 
 CLASSES = 5

@@ -25,7 +25,7 @@ INSTALLED_CHECK = textwrap.dedent(
 
     from huggingface_hub import ModelCard
     from hf_pbu import Measurement, PBUConfig, UnlearningResults
-    from hf_pbu.evidence.measure import UNLEARNING_ACCURACY_METRIC, unlearning_accuracy_metric
+    from hf_pbu.evidence.measurement import UNLEARNING_ACCURACY_METRIC, unlearning_accuracy_metric
     from hf_pbu.io.model_card import write_model_card
 
     assert Path(UNLEARNING_ACCURACY_METRIC).resolve().is_relative_to(site)

@@ -223,7 +223,7 @@ def _digits_splits(model) -> dict:
     from offline_data import digits_dataset
     from tiny_unlearning_run import FORGET_CLASSES
 
-    from hf_pbu.data.splits import unlearning_splits, with_image_transform
+    from hf_pbu.data import unlearning_splits, with_image_transform
     from hf_pbu.models import eval_transform
 
     digits = digits_dataset()

@@ -19,7 +19,7 @@ from conftest import TINY_CLASSES, TINY_REPOS
 from huggingface_hub import ModelCard
 from transformers import AutoModelForImageClassification
 
-from hf_pbu.data.splits import load_image_dataset
+from hf_pbu.data import load_image_dataset
 from hf_pbu.models import load_classifier
 from hf_pbu.results import RESULTS_FILE
 

@@ -21,7 +21,7 @@ from transformers import AutoModelForImageClassification
 
 import hf_pbu.trainer
 import hf_pbu.unlearning
-from hf_pbu.evidence.measure import accuracy
+from hf_pbu.evidence.measurement import accuracy
 from hf_pbu.models import load_classifier, processor_transform
 from hf_pbu.results import RESULTS_FILE
 

@@ -16,7 +16,7 @@ from timm.models import save_for_hf
 from transformers import TrainingArguments
 
 from hf_pbu import PBUConfig
-from hf_pbu.data.splits import class_names, unlearning_splits, with_image_transform
+from hf_pbu.data import class_names, unlearning_splits, with_image_transform
 from hf_pbu.models import eval_transform
 from hf_pbu.results import UnlearningResults
 from hf_pbu.unlearning import unlearn

@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from transformers import PrinterCallback, TrainingArguments
 
-from hf_pbu.data.splits import seeded_indices
+from hf_pbu.sampling import seeded_indices
 
 
 def loader(dataset: Dataset, batch_size: int, seed: int, shuffle: bool = True) -> DataLoader:

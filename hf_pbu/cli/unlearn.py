@@ -27,7 +27,7 @@ from transformers import HfArgumentParser
 from transformers.utils import logging
 
 from ..config import PBUConfig
-from ..data.splits import load_unlearning_splits
+from ..data import load_unlearning_splits
 from ..failures import UnlearningFailedError
 from ..io.model_card import CARD_FILE, card_dataset, card_datasets, load_base_card
 from ..io.output_lock import OutputFolderInUseError

@@ -1,7 +1,7 @@
-"""The penultimate features of a classifier (what its head reads), and the labels of a dataset, for the evidence
-and the attacks (`hf_pbu.evidence`, `hf_pbu.head_attacks`)."""
+"""The penultimate features of a classifier: what its head reads, for the attacks and the probe."""
 
-import numpy as np
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -9,26 +9,20 @@ from torch.utils.data import DataLoader, Dataset
 from ..models import classifier_head, eval_mode
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap_model(model: nn.Module) -> nn.Module:
     """The model inside a DistributedDataParallel / accelerate wrapper, whose attributes (head, config) we need."""
     return getattr(model, "module", model)
 
 
-def _device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
+    """Where `model`'s parameters live (CPU for a model without any)."""
     parameter = next(model.parameters(), None)
     return parameter.device if parameter is not None else torch.device("cpu")
 
 
-def _loader(dataset: Dataset, batch_size: int) -> DataLoader:
+def in_order(dataset: Dataset, batch_size: int) -> DataLoader:
+    """`dataset` in batches, in its own order."""
     return DataLoader(dataset, batch_size=batch_size, shuffle=False)
-
-
-def dataset_labels(dataset: Dataset, batch_size: int = 256) -> np.ndarray:
-    """All labels of a dataset of `{"pixel_values", "labels"}` items, in order. One pass over it (the transform
-    runs), since a transformed dataset may map its raw labels to the model's."""
-    return np.concatenate(
-        [np.asarray(batch["labels"]).reshape(-1) for batch in _loader(dataset, batch_size)]
-    ).astype(np.int64)
 
 
 @torch.no_grad()
@@ -39,8 +33,8 @@ def penultimate_features(model: nn.Module, pixel_values: torch.Tensor) -> torch.
     module is captured with a forward hook, so any transformers architecture works without knowing where it pools
     (ViT: the CLS token after the final layernorm; ConvNeXt/ResNet: the pooled output, flattened here).
     """
-    inner = _unwrap(model)
-    pixel_values = pixel_values.to(_device(inner))
+    inner = unwrap_model(model)
+    pixel_values = pixel_values.to(model_device(inner))
     with eval_mode(inner):
         if callable(getattr(inner, "forward_head", None)) and callable(getattr(inner, "forward_features", None)):
             features = inner.forward_head(inner.forward_features(pixel_values), pre_logits=True)
@@ -56,13 +50,24 @@ def penultimate_features(model: nn.Module, pixel_values: torch.Tensor) -> torch.
     return captured[-1].flatten(1)
 
 
+@dataclass(frozen=True)
+class HeadInputs:
+    """Penultimate features [N, D] (float32, CPU) and labels [N] of a dataset's images."""
+
+    features: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
 @torch.no_grad()
-def dataset_features(model: nn.Module, dataset: Dataset, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Penultimate features (float64, on CPU) and labels of every item of `dataset`."""
+def head_inputs(model: nn.Module, dataset: Dataset, batch_size: int = 64) -> HeadInputs:
+    """The features that `model`'s head reads for every image of `dataset`, with their labels."""
     features, labels = [], []
-    for batch in _loader(dataset, batch_size):
-        features.append(penultimate_features(model, batch["pixel_values"]).double().cpu().numpy())
-        labels.append(np.asarray(batch["labels"]).reshape(-1))
+    for batch in in_order(dataset, batch_size):
+        features.append(penultimate_features(model, batch["pixel_values"]).float().cpu())
+        labels.append(torch.as_tensor(batch["labels"]).reshape(-1).long())
     if not features:
-        return np.empty((0, 0)), np.empty(0, dtype=np.int64)
-    return np.concatenate(features), np.concatenate(labels).astype(np.int64)
+        return HeadInputs(torch.empty(0, 0), torch.empty(0, dtype=torch.long))
+    return HeadInputs(torch.cat(features), torch.cat(labels))

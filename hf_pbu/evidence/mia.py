@@ -16,7 +16,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 from transformers.utils import logging
 
-from ..data.splits import seeded_indices
+from ..sampling import seeded_indices
 
 logger = logging.get_logger(__name__)
 

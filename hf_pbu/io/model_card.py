@@ -18,7 +18,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers.utils import logging
 
 from ..config import PBUConfig
-from ..models import _specific_names, hub_model_id_of, resolve_model_id
+from ..models import hub_model_id_of, resolve_model_id, specific_names
 from ..objective.forget_losses import build_forget_loss
 from ..results import Measurement, UnlearningResults
 from .atomic import write_text
@@ -74,7 +74,7 @@ def model_class_names(model: torch.nn.Module) -> list[str] | None:
     config = getattr(model, "config", None)
     if names is None and getattr(config, "id2label", None):
         names = [config.id2label[i] for i in sorted(config.id2label)]
-    return _specific_names(list(names), len(names)) if names else None
+    return specific_names(list(names), len(names)) if names else None
 
 
 def load_base_card(base_model: str) -> ModelCard | None:

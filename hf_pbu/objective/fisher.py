@@ -31,10 +31,8 @@ from accelerate.utils import reduce
 from huggingface_hub import cached_assets_path
 from torch import nn
 from torch.func import functional_call, vjp, vmap
-from torch.utils.data import Subset
 from transformers.utils import logging
 
-from ..data.splits import seeded_indices
 from ..distributed import is_main_process
 from ..io.fisher_cache import PartialSums, load_checked, save_checked
 from ..models import classifier_logits, eval_mode
@@ -425,15 +423,6 @@ def dataset_fingerprint(dataset) -> str:
         hasher.update(torch.as_tensor(images).contiguous().numpy().tobytes())
         hasher.update(str(None if labels is None else int(labels)).encode())
     return hasher.hexdigest()
-
-
-def fisher_sample(dataset, max_samples: int | None, seed: int):
-    """`dataset`, or a seeded random sample of `max_samples` of its items (`select` for a `datasets.Dataset`, whose
-    fingerprint then names the sample, else a `Subset`): the Fisher is a mean over images, estimated on a sample."""
-    if max_samples is None or len(dataset) <= max_samples:
-        return dataset
-    indices = seeded_indices(len(dataset), max_samples, seed).tolist()
-    return dataset.select(indices) if callable(getattr(dataset, "select", None)) else Subset(dataset, indices)
 
 
 def default_fisher_cache_dir() -> str:

@@ -16,7 +16,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tiny_models import DictDataset, TinyConvNet, random_images, trained_bn_stats
 
-from hf_pbu.evidence.measure import measure
+from hf_pbu.evidence.measurement import measure
 
 
 def fixture() -> tuple[nn.Module, dict]:

@@ -17,11 +17,11 @@ import evaluate
 import torch
 from accelerate import Accelerator
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
-from ..data.splits import seeded_indices
 from ..models import classifier_logits, eval_mode
 from ..results import Measurement
+from ..sampling import seeded_subset
 from .mia import membership_inference
 
 
@@ -92,10 +92,9 @@ def attack_samples(splits: dict[str, Dataset], seed: int) -> dict[str, Dataset]:
     """`splits` with retain_train cut to as many members as the attack has non-members (retain_test), drawn before
     the model runs so that no output goes unused."""
     retain_train, retain_test = splits.get("retain_train"), splits.get("retain_test")
-    if retain_train is None or retain_test is None or len(retain_train) <= len(retain_test):
+    if retain_train is None or retain_test is None:
         return splits
-    indices = seeded_indices(len(retain_train), len(retain_test), seed)
-    return {**splits, "retain_train": Subset(retain_train, indices.tolist())}
+    return {**splits, "retain_train": seeded_subset(retain_train, len(retain_test), seed)}
 
 
 def test_accuracies(outputs: dict[str, tuple[torch.Tensor, torch.Tensor]], forget_classes: list[int]) -> dict:
