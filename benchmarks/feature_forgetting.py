@@ -104,8 +104,9 @@ def run_pbu(base: torch.nn.Module, splits: dict, config: PBUConfig) -> tuple[tor
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
-    return trainer.model.eval(), {"seconds": seconds, "fisher_seconds": trainer.fisher_seconds,
-                                  "steps": trainer.state.global_step, "stopped_at_step": trainer.stopped_at_step}
+    return trainer.model.eval(), {"seconds": seconds, "fisher_seconds": trainer.fisher_record.seconds,
+                                  "steps": trainer.state.global_step,
+                                  "stopped_at_step": trainer.stop_state.stopped_at_step}
 
 
 def run(args: FeatureArguments, config: PBUConfig, path: str) -> None:

@@ -88,7 +88,7 @@ def main() -> None:
             trainer.train()
             seconds = time.perf_counter() - start
             after = measure(unlearned.eval(), splits, 256)
-            record = (after.forget_test_accuracy, after.retain_test_accuracy, trainer.fisher_seconds, seconds,
+            record = (after.forget_test_accuracy, after.retain_test_accuracy, trainer.fisher_record.seconds, seconds,
                       directions_per_image(model, splits["forget_train"], setting))
             rows[name].append(record)
             print(f"class {forget_class} {name:14} A_Df {record[0]:5.1f} A_Dr {record[1]:5.1f} "

@@ -90,7 +90,7 @@ def run_cell(base: torch.nn.Module, splits: dict, config: PBUConfig, eval_batch_
     seconds = time.perf_counter() - start
     model = trainer.model.eval()
     record = {**dataclasses.asdict(measure(model, splits, eval_batch_size, seed=config.seed)), "seconds": seconds,
-              "steps": trainer.state.global_step, "stopped_at_step": trainer.stopped_at_step}
+              "steps": trainer.state.global_step, "stopped_at_step": trainer.stop_state.stopped_at_step}
     if evidence_classes:
         record["evidence"] = evidence_columns(model, splits, evidence_classes, config.seed)
     return record

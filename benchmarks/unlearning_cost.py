@@ -65,7 +65,7 @@ def main() -> None:
             start = time.perf_counter()
             trainer.train()
             seconds = time.perf_counter() - start
-            record["pbu"][level] = {"seconds": seconds, "fisher_seconds": trainer.fisher_seconds,
+            record["pbu"][level] = {"seconds": seconds, "fisher_seconds": trainer.fisher_record.seconds,
                                     "steps": trainer.state.global_step}
         with locked(path):
             results = {"records": [], "commands": []}

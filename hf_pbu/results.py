@@ -43,7 +43,6 @@ class UnlearningResults:
     forgotten: bool | None = None
     before: Measurement | None = None
     after: Measurement | None = None
-    retrain: Measurement | None = None  # a retrain-from-scratch reference, where one was measured
     eval_split: str | None = None
     eval_holdout_fraction: float = 0.0
     fisher_estimator: str | None = None
@@ -67,7 +66,7 @@ class UnlearningResults:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "UnlearningResults":
         measured = {key: Measurement(**data[key]) if data.get(key) is not None else None
-                    for key in ("before", "after", "retrain")}
+                    for key in ("before", "after")}
         return cls(**{**data, **measured})
 
     def save(self, output_dir: str) -> str:

@@ -2,10 +2,10 @@
 
 import copy
 import dataclasses
-import math
 import shutil
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -14,7 +14,6 @@ from timm.models import save_for_hf
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedModel, Trainer, TrainerCallback
-from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import TrainOutput
 from transformers.utils import logging
 
@@ -32,170 +31,32 @@ from .io.checkpoints import (
     run_signature,
     staging_folder,
 )
-from .io.model_card import base_model_of, card_dataset, model_class_names, write_model_card
+from .io.model_card import base_model_of, card_dataset, load_base_card, model_class_names, write_model_card
 from .io.publish import push_unlearned_model
 from .models import classifier_logits, head_linear, num_classes
-from .objective.fisher import default_fisher_cache_dir, load_or_compute_fisher, memory_budget
-from .objective.forget_losses import ForgetBatch, build_forget_loss
+from .objective.fisher import FisherRecord, default_fisher_cache_dir, load_or_compute_fisher, memory_budget
+from .objective.forget_losses import ForgetBatch
 from .objective.forget_rows import ForgetRows, InputCapture
 from .objective.penalty import AnchorPenalty
 from .results import UnlearningResults
 from .sampling import seeded_subset
-from .verdict import is_forgotten, not_forgotten_message
+from .stopping import ForgetStopCallback, StopState, is_forgotten, not_forgotten_message
 
 logger = logging.get_logger(__name__)
 
 
-class ForgetStopCallback(TrainerCallback, ExportableState):
-    """Ends the run by the trainer's stop rule (`PBUConfig.stop_rule`).
+NOT_READ = object()  # `PBUTrainer(base_card=...)` not given: the card reads it once, when first needed
 
-    'forget_accuracy' stops once the accuracy on the whole forget set is at or below `args.stop_forget_accuracy`.
-    The negative cross-entropy is unbounded: once the forget class is gone, every further step only erodes the
-    retained classes, so the stop must come at the first step where the class is gone. Evaluating the forget set
-    after every step would cost more than the step itself. The cheap signal is free: the accuracy of the step's own
-    training batches, read off the logits that `compute_loss` computes anyway and summed over processes, and scored
-    by exactly the weights that the optimizer is about to update. So the check runs just before the optimizer step:
-    when the batches are at or below `args.stop_trigger_accuracy`, those weights are evaluated on the whole forget
-    set (eval mode, the run's mixed precision); if they pass, the step's update is undone after the optimizer has
-    run and training stops, with the weights that passed. A failed evaluation is repeated no sooner than 1, 2, 4,
-    ... steps later, so a class whose last images resist does not cost an evaluation every step.
 
-    'plateau' (for bounded forget terms, whose optimum is a real one) stops once the objective has converged: per
-    epoch (the first steps covering as many training images as the forget set holds), the mean forget term plus
-    the anchor penalty at the epoch's end; the run stops after `stop_plateau_patience` windows in a row that did
-    not fall below the best so far by `stop_plateau_tolerance` (relative). The whole forget set's accuracy is then
-    measured and logged (`PBUTrainer.train` judges it: `hf_pbu.verdict`). Both rules give every process the same
-    figures (summed over processes), so they stop together.
+@dataclass(frozen=True)
+class ForgetTrainMeasure:
+    """The whole forget set through the model: its accuracy (%), the share (%) of images on which a forgotten class is
+    not last (with refit forget rows; else None), and the logits and labels it was read from."""
 
-    The rules' progress is saved in each checkpoint (`state`) and restored on resume (`restore`), so that a resumed
-    run stops at the step an uninterrupted one would.
-    """
-
-    def __init__(self, trainer: "PBUTrainer"):
-        self.trainer = trainer
-        self.step_counts = (0.0, 0.0, 0.0)  # (correct, seen, loss summed over images) of the current step
-        self.failed_checks = 0
-        self.next_check_step = 0
-        self.passed_weights: list[torch.Tensor] | None = None  # the weights that passed, restored after the update
-        self.plateau_sums = [0.0, 0.0]  # (forget loss summed over images, images) of the current plateau window
-        self.best_objective = float("inf")
-        self.stale_windows = 0
-
-    def on_pre_optimizer_step(self, args: PBUConfig, state, control, **kwargs):
-        self.step_counts = self.trainer.pop_step_counts()
-        correct, seen, _ = self.step_counts
-        if self.trainer.stop_rule not in ("forget_accuracy", "ranked_last") or seen == 0:
-            return
-        self.trainer.batch_accuracy = 100.0 * correct / seen
-        if self.trainer.batch_accuracy > args.stop_trigger_accuracy or state.global_step < self.next_check_step:
-            return
-        if self._confirm(args, state, control):
-            model = self.trainer.accelerator.unwrap_model(self.trainer.model)
-            self.passed_weights = [p.detach().clone() for p in model.parameters()]
-        else:
-            self.failed_checks += 1
-            self.next_check_step = state.global_step + 2 ** (self.failed_checks - 1)
-
-    @torch.no_grad()
-    def on_optimizer_step(self, args: PBUConfig, state, control, **kwargs):
-        if self.passed_weights is not None:
-            model = self.trainer.accelerator.unwrap_model(self.trainer.model)
-            torch._foreach_copy_(list(model.parameters()), self.passed_weights)
-            self.passed_weights = None
-
-    def on_step_end(self, args: PBUConfig, state, control, **kwargs):
-        if self.trainer.stop_rule == "plateau":
-            start = time.perf_counter()
-            _, seen, loss_sum = self.step_counts
-            ends = self._plateau_reached(args, seen, loss_sum)
-            self.trainer.stop_check_seconds += time.perf_counter() - start
-            if ends:
-                self._confirm(args, state, control)
-
-    def _plateau_reached(self, args: PBUConfig, seen: float, loss_sum: float) -> bool:
-        self.plateau_sums[0] += loss_sum
-        self.plateau_sums[1] += seen
-        if self.plateau_sums[1] < len(self.trainer.train_dataset):
-            return False
-        trainer = self.trainer
-        penalty = trainer.penalty.value(trainer.accelerator.unwrap_model(trainer.model))[0].item()
-        objective = self.plateau_sums[0] / self.plateau_sums[1] + penalty
-        trainer.plateau_history.append(objective)
-        self.plateau_sums = [0.0, 0.0]
-        progress = self.best_objective - objective
-        if not math.isfinite(self.best_objective) or progress > args.stop_plateau_tolerance * abs(self.best_objective):
-            self.best_objective, self.stale_windows = objective, 0
-        else:
-            self.stale_windows += 1
-        return self.stale_windows >= args.stop_plateau_patience
-
-    def _confirm(self, args: PBUConfig, state, control) -> bool:
-        """Evaluate the whole forget set with the current weights, end the run by the rule; whether it ended."""
-        if torch.accelerator.is_available():
-            torch.accelerator.synchronize()  # the step's queued kernels belong to the step's time, not the check's
-        start = time.perf_counter()
-        forget_accuracy, not_last = self.trainer.forget_train_measures()
-        self.trainer.stop_check_seconds += time.perf_counter() - start
-        self.trainer.forget_train_accuracy_history.append((state.global_step, forget_accuracy))
-        if self.trainer.stop_rule == "ranked_last":
-            if not_last > args.stop_forget_accuracy:
-                logger.info(f"A forgotten class is not yet last on {not_last:.2f}% of the forget images (forget "
-                            f"accuracy {forget_accuracy:.2f}%) after {state.global_step} updates: carrying on.")
-                return False
-            logger.info(f"The forgotten classes rank last on all but {not_last:.2f}% of the forget images (forget "
-                        f"accuracy {forget_accuracy:.2f}%) after {state.global_step} updates: stopping with these "
-                        "weights.")
-        elif self.trainer.stop_rule == "plateau":
-            logger.info(f"The objective has not fallen by {args.stop_plateau_tolerance:g} (relative) for "
-                        f"{args.stop_plateau_patience} windows: stopping at step {state.global_step}, forget accuracy "
-                        f"{forget_accuracy:.2f}%.")
-        elif forget_accuracy <= args.stop_forget_accuracy:
-            logger.info(
-                f"Forget accuracy {forget_accuracy:.2f}% <= {args.stop_forget_accuracy}% after {state.global_step} "
-                "updates: the forget class is gone, stopping with these weights."
-            )
-        else:
-            logger.info(
-                f"The step's training batches read {self.trainer.batch_accuracy:.2f}% on the forget class, the whole "
-                f"forget set {forget_accuracy:.2f}% after {state.global_step} updates: carrying on."
-            )
-            return False
-        self.trainer.stopped_at_step = state.global_step
-        self.trainer.final_forget_accuracy = forget_accuracy
-        control.should_training_stop = True
-        return True
-
-    def state(self) -> dict:
-        """The stop rules' progress and the run's time so far, for a checkpoint's trainer_state.json."""
-        trainer = self.trainer
-        return {"args": {}, "attributes": {
-            "failed_checks": self.failed_checks, "next_check_step": self.next_check_step,
-            "plateau_sums": list(self.plateau_sums), "best_objective": self.best_objective,
-            "stale_windows": self.stale_windows, "plateau_history": list(trainer.plateau_history),
-            "forget_train_accuracy_history": [list(item) for item in trainer.forget_train_accuracy_history],
-            "stop_check_seconds": trainer.stop_check_seconds, "unlearn_seconds": trainer.unlearn_seconds_so_far(),
-            "stopped_at_step": trainer.stopped_at_step,
-        }}
-
-    def restore(self, attributes: dict) -> None:
-        """Carry on from a checkpoint's `state()`."""
-        trainer = self.trainer
-        self.failed_checks, self.next_check_step = attributes["failed_checks"], attributes["next_check_step"]
-        self.plateau_sums, self.best_objective = list(attributes["plateau_sums"]), attributes["best_objective"]
-        self.stale_windows = attributes["stale_windows"]
-        trainer.plateau_history = list(attributes["plateau_history"])
-        trainer.forget_train_accuracy_history = [tuple(item) for item in attributes["forget_train_accuracy_history"]]
-        trainer.stop_check_seconds = attributes["stop_check_seconds"]
-        trainer.resumed_seconds = attributes["unlearn_seconds"]
-        trainer.stopped_at_step = attributes.get("stopped_at_step")  # a checkpoint written as the rule ended the run
-
-    def on_train_end(self, args, state, control, **kwargs):
-        if self.trainer.stopped_at_step is None:
-            criterion = {
-                "plateau": "the objective's plateau",
-                "ranked_last": f"the forgotten classes last on all but {args.stop_forget_accuracy}% of their images",
-            }.get(self.trainer.stop_rule, f"forget accuracy <= {args.stop_forget_accuracy}%")
-            logger.info(f"The step budget ({state.max_steps} steps) ran out before the stop criterion ({criterion}).")
+    accuracy: float
+    not_last: float | None
+    logits: torch.Tensor
+    labels: torch.Tensor
 
 
 class ForgetRowsCallback(TrainerCallback):
@@ -216,12 +77,12 @@ class PBUTrainer(Trainer):
 
         alpha * forget_term + sum_i (beta * F_i + gamma) * (theta_i - theta*_i)^2
 
-    with forget_term = -CE (the paper's) or a bounded term chosen by `args.forget_loss` (`hf_pbu.forget_losses`).
+    with the forget term `args.forget_loss` (`hf_pbu.objective.forget_losses`; the paper's -CE is `neg_ce`).
     theta* is the model as passed in; F is its diagonal Fisher on the forget set, computed at the start of `train`
     (or read from `args.fisher_cache_dir`, or given as `fisher`), before a checkpoint's weights are loaded; so is the
     frozen reference copy of the model that some bounded terms compare with. Building the trainer is cheap and places
-    the model on `args.device`, so the model can be measured there first. Training stops by itself
-    (`args.stop_rule`): once the forget class is gone, or, for bounded terms, once the objective has converged.
+    the model on `args.device`, so the model can be measured there first. Training stops by itself by its stop
+    rule (`args.resolved_stop_rule`, `hf_pbu.stopping`), whose progress is `stop_state`.
     `run_metadata` (e.g. model id, revision, forget classes) joins the run's signature, which a checkpoint must match
     to be resumed. `forget_classes`: the ids of every class being forgotten, which the 'relabel' and 'distill' terms
     exclude from the retained classes; by default the labels present in the forget set (one pass over it).
@@ -229,10 +90,12 @@ class PBUTrainer(Trainer):
     Publishing follows TRL's trainers: `save_model` writes the model in its source format (timm's Hub layout, or
     transformers' `save_pretrained`), `create_model_card` writes the unlearning card and `unlearning_results.json`,
     and `push_to_hub` does both and uploads the folder once, at the end (no checkpoint is pushed during the run).
-    `base_model_id` (the Hub id the model came from; default: read from the model) and `class_names` feed the card.
+    `base_model_id` (the Hub id the model came from; default: read from the model), `base_card` (its model card, read
+    once when first needed unless given) and `class_names` feed the card.
 
     A run succeeds only if it forgot: `unlearning_results.forgotten` says whether the whole forget set's accuracy at
-    the end is at or below `args.stop_forget_accuracy` (`hf_pbu.verdict`), and a warning names what to change when not.
+    the end is at or below `args.stop_forget_accuracy` (`hf_pbu.stopping`), and a warning names what to change when
+    not.
     """
 
     def __init__(
@@ -244,6 +107,7 @@ class PBUTrainer(Trainer):
         run_metadata: dict | None = None,
         forget_classes: list[int] | None = None,
         base_model_id: str | None = None,
+        base_card=NOT_READ,
         class_names: list[str] | None = None,
         **kwargs,
     ):
@@ -264,37 +128,35 @@ class PBUTrainer(Trainer):
         self._metrics: dict[str, list[float]] = defaultdict(list)
         self._given_fisher = fisher
         self._penalty: AnchorPenalty | None = None
-        self.forget_loss = build_forget_loss(args.forget_loss, args.npo_tau, args.distill_weight)
-        self.stop_rule = args.resolved_stop_rule
+        self.forget_loss = args.build_forget_loss()
         self._reference: nn.Module | None = None
         self.forget_rows: ForgetRows | None = None  # forget_level "head"/"features": the forget classes' head rows
         self._captures: dict[str, InputCapture] = {}  # the features each model's head reads, under those levels
         self._given_forget_classes = forget_classes
         self._forget_classes: torch.Tensor | None = None
-        self.fisher_seconds = 0.0
-        self.fisher_source = "computed"  # or "resumed", "cached", "given", "not needed" (beta = 0): for the card
-        self.fisher_estimator: str | None = None  # `args.fisher_estimator` with 'auto' resolved, once computed
-        self.fisher_memory: dict[str, int | None] = {}  # budget_bytes, peak_bytes (accelerator only) of the Fisher
+        self.fisher_record = FisherRecord()
         self.run_metadata = run_metadata
         self.run_signature: dict | None = None
         self._norm_layers = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        self._step_counts = [0.0, 0.0, 0.0]  # (correct, seen, loss * images) of the current optimizer step
-        self.stopped_at_step: int | None = None
-        self.final_forget_accuracy: float | None = None  # measured by the stop check that ended the run, if one did
-        self.batch_accuracy: float | None = None  # the stop check's cheap signal: the last step's training batches
-        self.forget_train_accuracy_history: list[tuple[int, float]] = []  # (step, percent) of whole-forget-set checks
-        self.plateau_history: list[float] = []  # the plateau rule's objective, one per epoch
-        self.stop_check_seconds = 0.0
+        self._step_counts = [0.0, 0.0, 0.0]  # (held, seen, loss * images) of the current optimizer step
+        self.stop_state = StopState()
+        self.final_forget_train: ForgetTrainMeasure | None = None  # the forget set measured with the final weights
         self.resumed_from_step: int | None = None  # the checkpoint's step, when the run resumed one
         self.resumed_seconds = 0.0  # unlearning time before that checkpoint was written
         self._train_start: float | None = None
         self._staging_root: str | None = None  # set while a checkpoint is written (`_save_checkpoint`)
         self.base_model_id = base_model_id
+        self._base_card = base_card
         self.class_names = class_names
         self.unlearning_results: UnlearningResults | None = None  # set by `train`
         self.add_callback(ForgetRowsCallback(self))
         self._stop_callback = ForgetStopCallback(self)
         self.add_callback(self._stop_callback)
+
+    @property
+    def stop_rule(self) -> str:
+        """The stop rule in force (`PBUConfig.resolved_stop_rule`)."""
+        return self.args.resolved_stop_rule
 
     @property
     def penalty(self) -> AnchorPenalty:
@@ -307,14 +169,14 @@ class PBUTrainer(Trainer):
         if self._penalty is None:
             fisher = self._given_fisher
             if fisher is not None:
-                self.fisher_source = "given"
+                self.fisher_record = FisherRecord(source="given")
             elif self.args.beta == 0:
                 fisher = {name: torch.zeros_like(p) for name, p in self.model.named_parameters()}
-                self.fisher_source = "not needed"
+                self.fisher_record = FisherRecord(source="not needed")
             else:
-                fisher, self.fisher_seconds, self.fisher_source = self._fisher()
+                fisher, self.fisher_record = self._fisher()
             free = None
-            if self.args.forget_level != "output":  # the forget rows are refit, not anchored
+            if self.args.refits_forget_rows:  # the forget rows are refit, not anchored
                 self.prepare_reference()
                 linear = self.forget_rows.linear
                 name = next(name for name, p in self.model.named_parameters() if p is linear.weight)
@@ -328,13 +190,13 @@ class PBUTrainer(Trainer):
         (nothing otherwise): built on the first call (the start of `train`, or an evaluation before it) from the
         model as it is then, the source model. The copy costs the model's memory once more and one forward per step,
         in eval mode and the run's mixed precision (as TRL's `ref_model`)."""
-        features = self.args.forget_level != "output"
-        if (self.forget_loss.needs_reference or features) and self._reference is None:
+        rows = self.args.refits_forget_rows
+        if (self.forget_loss.needs_reference or rows) and self._reference is None:
             self._reference = copy.deepcopy(self.accelerator.unwrap_model(self.model)).eval().requires_grad_(False)
-        if (self.forget_loss.needs_forget_classes or features) and self._forget_classes is None:
+        if (self.forget_loss.needs_forget_classes or rows) and self._forget_classes is None:
             classes = self._given_forget_classes or self._labels_of_forget_set()
             self._forget_classes = torch.tensor(sorted(set(classes)), dtype=torch.long, device=self.args.device)
-        if features and self.forget_rows is None:
+        if rows and self.forget_rows is None:
             linears = {name: head_linear(model) for name, model in (("model", self.accelerator.unwrap_model(
                 self.model)), ("reference", self._reference))}
             if linears["model"] is None:
@@ -343,7 +205,7 @@ class PBUTrainer(Trainer):
                                  "forget_level='output'.")
             self.forget_rows = ForgetRows(linears["model"], self._forget_classes.tolist())
             self._reference_linear = linears["reference"]
-        if features and not self._captures:
+        if rows and not self._captures:
             self._captures = {"model": InputCapture(self.forget_rows.linear),
                               "reference": InputCapture(self._reference_linear)}
 
@@ -370,17 +232,16 @@ class PBUTrainer(Trainer):
             num_workers=self.args.dataloader_num_workers,
         )
 
-    def _fisher(self) -> tuple[dict[str, torch.Tensor], float, str]:
+    def _fisher(self) -> tuple[dict[str, torch.Tensor], FisherRecord]:
         """The Fisher on (a sample of) the forget set within its memory budget (resolved now, from the free
-        accelerator memory unless given), with
-        the budget and the accelerator's peak memory while computing it kept in `fisher_memory` for the results;
-        the seconds it took and where it came from (`load_or_compute_fisher`)."""
+        accelerator memory unless given), and its record: the estimator, the seconds it took and where it came from
+        (`load_or_compute_fisher`), the budget and the accelerator's peak memory while it was computed."""
         args = self.args
         cache_dir = args.fisher_cache_dir or default_fisher_cache_dir()
         budget = memory_budget(args.device, args.fisher_memory_budget)
-        self.fisher_estimator = args.fisher_estimator_for(num_classes(self.model))
+        estimator = args.fisher_estimator_for(num_classes(self.model))
         if args.fisher_estimator == "auto":
-            logger.info(f"Fisher estimator: {self.fisher_estimator} (auto, for {num_classes(self.model)} classes)")
+            logger.info(f"Fisher estimator: {estimator} (auto, for {num_classes(self.model)} classes)")
         on_accelerator = args.device.type != "cpu"
         if on_accelerator:
             torch.accelerator.reset_peak_memory_stats(args.device)
@@ -390,7 +251,7 @@ class PBUTrainer(Trainer):
             forget,
             lambda: self._loader(forget, args.fisher_batch_size),
             cache_dir=None if cache_dir.lower() == "none" else cache_dir,
-            estimator=self.fisher_estimator,
+            estimator=estimator,
             mc_samples=args.fisher_mc_samples,
             seed=args.seed,
             top_mass=args.fisher_top_mass,
@@ -399,29 +260,26 @@ class PBUTrainer(Trainer):
             show_progress=not args.disable_tqdm,
         )
         peak = torch.accelerator.max_memory_allocated(args.device) if on_accelerator else None
-        self.fisher_memory = {"budget_bytes": budget, "peak_bytes": peak}
-        return fisher, seconds, source
+        return fisher, FisherRecord(estimator, seconds, source, budget, peak)
 
-    def forget_train_measures(self) -> tuple[float, float | None]:
-        """On the whole forget training set, in eval mode and the run's mixed precision, with
-        `dataloader_num_workers` (each image counted once whatever the number of processes), from one pass: the
-        accuracy (percent) and, with refit forget rows, the percent of images on which a forgotten class does not
-        rank last (None otherwise)."""
+    def measure_forget_train(self) -> "ForgetTrainMeasure":
+        """The whole forget training set through the model as it is, in eval mode and the run's mixed precision,
+        with `dataloader_num_workers` (each image counted once whatever the number of processes), in one pass."""
         args = self.args
         logits, labels = predictions(self.model, self.train_dataset, args.per_device_eval_batch_size,
                                      self.data_collator, args.dataloader_num_workers, self.accelerator)
         not_last = None
         if self.forget_rows is not None:
             not_last = float(100.0 * self.forget_rows.not_last(logits).double().mean())
-        return accuracy_of(logits, labels), not_last
+        return ForgetTrainMeasure(accuracy_of(logits, labels), not_last, logits, labels)
 
     def forget_train_accuracy(self) -> float:
-        """Accuracy (percent) on the whole forget training set (`forget_train_measures`)."""
-        return self.forget_train_measures()[0]
+        """Accuracy (percent) on the whole forget training set, with the weights as they are now."""
+        return self.measure_forget_train().accuracy
 
     def pop_step_counts(self) -> tuple[float, float, float]:
-        """(correct, seen, loss summed over images) of the optimizer step just ended, summed over processes; then
-        reset."""
+        """(held, seen, loss summed over images) of the optimizer step just ended, summed over processes; then reset:
+        held counts the images the stop rule still counts (recognised, or with a forgotten class not last)."""
         counts, self._step_counts = tuple(self._step_counts), [0.0, 0.0, 0.0]
         return counts
 
@@ -502,10 +360,10 @@ class PBUTrainer(Trainer):
     def _check_finite_and_count(
         self, loss: torch.Tensor, forget_ce: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor
     ) -> None:
-        """Raise if the loss is non-finite on any process; add the batch's correct predictions (under 'ranked_last',
-        its images on which a forgotten class is not last yet) and loss to the step's counts (the stop rules'
-        signals). One reduction of four numbers serves both."""
-        if self.stop_rule == "ranked_last":  # the images on which a forgotten class is not last yet
+        """Raise if the loss is non-finite on any process; add the batch's held images (recognised; under
+        'ranked_last', with a forgotten class not last yet) and loss to the step's counts (the stop rules' signals).
+        One reduction of four numbers serves both."""
+        if self.stop_rule == "ranked_last":
             held = self.forget_rows.not_last(logits.detach())
         else:
             held = logits.detach().argmax(-1) == labels
@@ -517,14 +375,14 @@ class PBUTrainer(Trainer):
         ])
         if self.accelerator.num_processes > 1:
             stats = self.accelerator.reduce(stats, reduction="sum")
-        bad, correct, seen, loss_sum = stats.tolist()
+        bad, held, seen, loss_sum = stats.tolist()
         if bad > 0:
             raise NonFiniteLossError(
                 f"The PBU loss became non-finite at step {self.state.global_step} (forget CE {forget_ce.item()}). "
                 "Training stopped before applying it, so the model keeps the weights of the last finite step. "
                 "Lower `alpha` or `learning_rate`, or tighten `stop_forget_accuracy`."
             )
-        self._step_counts[0] += correct
+        self._step_counts[0] += held
         self._step_counts[1] += seen
         self._step_counts[2] += loss_sum
 
@@ -546,49 +404,46 @@ class PBUTrainer(Trainer):
         self.prepare_penalty()  # from the source model, before a checkpoint's weights are loaded
         self.prepare_reference()
         self._train_start = time.perf_counter()
-        self.final_forget_accuracy = None
+        self.final_forget_train = None
         try:
             output = super().train(resume_from_checkpoint=checkpoint, **kwargs)
         except (NonFiniteLossError, NonFiniteWeightsError):
             self._keep_finite_weights()
-            self.stopped_at_step = None
+            self.stop_state.stopped_at_step = None
             raise
         finally:  # the trained model leaves without the feature hooks of forget_level "head"/"features"
             for capture in self._captures.values():
                 capture.remove()
             self._captures = {}
         model = self.accelerator.unwrap_model(self.model)
+        stop = self.stop_state
         if not self.penalty.moved(model):
-            if self.stopped_at_step == 0:
+            if stop.stopped_at_step == 0:
                 reason = (f"the stop criterion was met before any update (forget-train accuracy "
-                          f"{self.forget_train_accuracy_history[-1][1]:.2f}%): the model does not recognise the forget "
+                          f"{stop.forget_train_accuracy_history[-1][1]:.2f}%): the model does not recognise the forget "
                           "classes on this data, or `stop_forget_accuracy` is too loose")
             else:
                 reason = (f"after {self.state.global_step} optimizer step(s) the updates vanished in the weights' "
                           "precision: raise `learning_rate` or `alpha`")
             raise UnchangedWeightsError(f"The weights are exactly the original ones, nothing was unlearned: {reason}.")
-        output.metrics.update(fisher_seconds=self.fisher_seconds, stop_check_seconds=self.stop_check_seconds)
-        if self.final_forget_accuracy is None:  # the run did not end by a stop check: measure the weights it ends with
-            self.final_forget_accuracy = self.forget_train_accuracy()
-        forgotten = is_forgotten(self.final_forget_accuracy, self.args)
+        output.metrics.update(fisher_seconds=self.fisher_record.seconds, stop_check_seconds=stop.stop_check_seconds)
+        if self.final_forget_train is None:  # the run did not end by a stop check: measure the weights it ends with
+            self.final_forget_train = self.measure_forget_train()
+        forgotten = is_forgotten(self.final_forget_train.accuracy, self.args)
         if not forgotten:
-            logger.warning(self.not_forgotten_message(self.final_forget_accuracy))
+            logger.warning(self.not_forgotten_message(self.final_forget_train.accuracy))
         self.unlearning_results = UnlearningResults(
             forget_classes=self._forget_class_ids(),
             forget_train_samples=len(self.train_dataset),
             forget_loss=self.args.forget_loss,
             steps=self.state.global_step,
-            stopped_at_step=self.stopped_at_step,
+            stopped_at_step=stop.stopped_at_step,
             forgotten=forgotten,
-            fisher_estimator=self.fisher_estimator,
-            fisher_seconds=self.fisher_seconds,
-            fisher_source=self.fisher_source,
-            fisher_memory_budget_bytes=self.fisher_memory.get("budget_bytes"),
-            fisher_peak_memory_bytes=self.fisher_memory.get("peak_bytes"),
             unlearn_seconds=self.resumed_seconds + output.metrics.get("train_runtime", float("nan")),
             resumed_from_step=self.resumed_from_step,
             resumed_seconds=self.resumed_seconds,
-            stop_check_seconds=self.stop_check_seconds,
+            stop_check_seconds=stop.stop_check_seconds,
+            **self.fisher_record.results_fields(),
         )
         return output
 
@@ -651,9 +506,9 @@ class PBUTrainer(Trainer):
                 self.run_signature = run_signature(self.model, self.train_dataset, self.args, self.run_metadata)
             publish_checkpoint(staged, output_dir, self.run_signature, self.args.save_total_limit)
     def not_forgotten_message(self, forget_train_accuracy: float) -> str:
-        """Why this run did not forget (at `forget_train_accuracy`) and the flag to change (`hf_pbu.verdict`)."""
+        """Why this run did not forget (at `forget_train_accuracy`) and the flag to change (`hf_pbu.stopping`)."""
         return not_forgotten_message(forget_train_accuracy, self.state.global_step, self.args.max_steps,
-                                     self.stopped_at_step, self.stop_rule, self.args)
+                                     self.stop_state.stopped_at_step, self.args)
 
     def _forget_class_ids(self) -> list[int]:
         if self._forget_classes is not None:
@@ -701,9 +556,9 @@ class PBUTrainer(Trainer):
     ) -> None:
         """Write the unlearning card (`output_dir/README.md`) and `unlearning_results.json` from this run's
         `unlearning_results`. `dataset_name`: the data the forget set came from (a Hub dataset id goes into the
-        card's metadata; `hub_dataset` overrides the guess); `tags` are added to the card's. `model_name` and other
-        arguments of `Trainer.create_model_card` are accepted for `push_to_hub` and not used: the card names the
-        model after `hub_model_id` or `output_dir`, as `Trainer` does."""
+        card's metadata; `hub_dataset` says whether it is one, guessed from the name when None); `tags` are added to
+        the card's. `model_name` and other arguments of `Trainer.create_model_card` are accepted for `push_to_hub` and
+        not used: the card names the model after `hub_model_id` or `output_dir`, as `Trainer` does."""
         if not self.is_world_process_zero():
             return
         if self.unlearning_results is None:
@@ -712,14 +567,25 @@ class PBUTrainer(Trainer):
         model = self.accelerator.unwrap_model(self.model)
         family = "transformers" if isinstance(model, PreTrainedModel) else "timm"
         base_model_id, base_model_name = base_model_of(model, self.base_model_id)
-        name, is_hub = card_dataset(dataset_name, None)
+        if hub_dataset is None:
+            dataset_name, hub_dataset = card_dataset(dataset_name, None)
         self.unlearning_results.save(self.args.output_dir)
         write_model_card(
             self.args.output_dir, self.unlearning_results, self.args, family, base_model_id, base_model_name,
-            label_names=self.class_names or model_class_names(model), dataset_name=name,
-            hub_dataset=is_hub if hub_dataset is None else hub_dataset,
-            tags=[tags] if isinstance(tags, str) else tags,
+            label_names=self.known_class_names, dataset_name=dataset_name, hub_dataset=hub_dataset,
+            base_card=self.base_card(base_model_id), tags=[tags] if isinstance(tags, str) else tags,
         )
+
+    @property
+    def known_class_names(self) -> list[str] | None:
+        """The class names of the run (`class_names`), else the model's own; None when neither names its classes."""
+        return self.class_names or model_class_names(self.accelerator.unwrap_model(self.model))
+
+    def base_card(self, base_model_id: str | None):
+        """The base model's card (for its license), given or read once when first needed; None when there is none."""
+        if self._base_card is NOT_READ:
+            self._base_card = load_base_card(base_model_id) if base_model_id is not None else None
+        return self._base_card
 
     def push_to_hub(
         self,
@@ -750,18 +616,18 @@ class PBUTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Adds the penalty terms at the current weights (so `loss` is the PBU objective: the mean of
         alpha * forget_term since the last log plus the penalty now), the mean forget CE since the last log (averaged
-        over processes) and the stop check's latest figures: the recent training batches' accuracy and the whole
-        forget set's."""
+        over processes) and the stop rule's latest figures: the recent training batches' share of images the rule still
+        counts (`stop_signal`: recognised, or with a forgotten class not last) and the whole forget set's accuracy."""
         if "loss" in logs:
             weighted, squared = self.penalty.value(self.accelerator.unwrap_model(self.model))
             l2_term = self.args.gamma * squared.item()
             logs.update(
                 loss=logs["loss"] + weighted.item(), fisher_penalty=weighted.item() - l2_term, l2_penalty=l2_term
             )
-            if self.batch_accuracy is not None:
-                logs["forget_batch_accuracy"] = self.batch_accuracy
-            if self.forget_train_accuracy_history:
-                logs["forget_train_accuracy"] = self.forget_train_accuracy_history[-1][1]
+            if self.stop_state.batch_signal is not None:
+                logs["stop_signal"] = self.stop_state.batch_signal
+            if self.stop_state.forget_train_accuracy_history:
+                logs["forget_train_accuracy"] = self.stop_state.forget_train_accuracy_history[-1][1]
         if self._metrics and "loss" in logs:
             names = sorted(self._metrics)
             means = torch.tensor([np.mean(self._metrics[name]) for name in names], device=self.args.device)

@@ -12,12 +12,9 @@ from transformers.utils import logging
 from .config import PBUConfig
 from .evidence import collect_evidence
 from .evidence.measurement import measure
-from .io.checkpoints import last_complete_checkpoint
-from .io.model_card import model_class_names
 from .models import num_classes
 from .results import Measurement, UnlearningResults
 from .trainer import PBUTrainer
-from .verdict import is_forgotten
 
 logger = logging.get_logger(__name__)
 
@@ -66,43 +63,39 @@ def unlearn(
     optionally retain_train (the attack's members); `eval_split` names the split the test sets come from (with
     `eval_holdout_fraction` when held out of the training split), for the results. The trainer is built first so
     that both measurements run on the training device, with its accelerator; the "before" one also checks, before
-    the Fisher is computed, that the model recognises the class it is asked to forget. `results.forgotten` is judged
-    on the "after" measurement of the forget training set (`hf_pbu.verdict`).
+    the Fisher is computed, that the model recognises the class it is asked to forget. Each split is measured once
+    before and once after (the forget set's "after" is the trainer's own last measurement of it), and
+    `results.forgotten` is judged on it (`hf_pbu.stopping.is_forgotten`).
 
-    With `save`, the model, its card (`card_kwargs` go to `create_model_card`) and the results are written to
-    `output_dir` right then, before anything optional runs. Then, on the main process, the evidence
-    (`hf_pbu.evidence.collect_evidence`: the per-class chart in `output_dir`, the head attacks and, with
-    `config.evidence`, the probe and the fine-tune relearn attack, on the original model and the unlearned one): if
-    it fails, the error is logged and kept in `results.evidence_error`, and the trained model is not lost; with
-    `save`, the card and results are written again after it. `trainer_kwargs` go to `PBUTrainer` (e.g.
-    `base_model_id`, `class_names`).
+    One pass: with `save`, the model is written to `output_dir` as soon as it is trained, before anything optional
+    runs; then, on the main process, the evidence (`hf_pbu.evidence.collect_evidence`: the per-class chart in
+    `output_dir`, the attacks on the original model and the unlearned one), whose failure is logged and kept in
+    `results.evidence_error` without losing the trained model; and last, once, the card and the results file
+    (`card_kwargs` go to `create_model_card`) with whatever the optional steps produced. `trainer_kwargs` go to
+    `PBUTrainer` (e.g. `base_model_id`, `base_card`, `class_names`).
     """
     trainer = PBUTrainer(model=model, args=config, train_dataset=splits["forget_train"],
                          forget_classes=list(forget_classes), **trainer_kwargs)
 
-    def measure_now() -> tuple[Measurement, dict]:
+    def measure_now(known: dict | None = None) -> tuple[Measurement, dict]:
         return measure(trainer.model, splits, config.per_device_eval_batch_size, trainer.accelerator,
-                       config.dataloader_num_workers, config.seed, return_outputs=True)
-
-    def write() -> None:
-        if save:
-            trainer.save_model(_internal_call=True)  # as `push_to_hub` saves: `Trainer.save_model` would also push
-            trainer.create_model_card(**(card_kwargs or {}))
+                       config.dataloader_num_workers, config.seed, return_outputs=True, known_outputs=known)
 
     before, outputs_before = measure_now()
     check_model_knows_forget_classes(before, num_classes(trainer.model))
     model = trainer.accelerator.unwrap_model(trainer.model)
     original = copy.deepcopy(model) if trainer.is_world_process_zero() else None  # the attacks' "before" model
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
-    after, outputs_after = measure_now()
+    if save:  # the trained model is safe before anything optional runs
+        trainer.save_model(_internal_call=True)  # as `push_to_hub` saves: `Trainer.save_model` would also push
+    final = trainer.final_forget_train
+    after, outputs_after = measure_now({"forget_train": (final.logits, final.labels)})
     results = dataclasses.replace(trainer.unlearning_results, before=before, after=after, eval_split=eval_split,
-                                  eval_holdout_fraction=eval_holdout_fraction,
-                                  forgotten=is_forgotten(after.forget_train_accuracy, config))
+                                  eval_holdout_fraction=eval_holdout_fraction)
     trainer.unlearning_results = results
-    write()  # the trained model is safe before anything optional runs
     if trainer.is_world_process_zero():
         start = time.perf_counter()
-        names = trainer.class_names or model_class_names(model) or [str(c) for c in range(num_classes(model))]
+        names = trainer.known_class_names or [str(c) for c in range(num_classes(model))]
         try:
             results.evidence = collect_evidence(
                 original, model, splits, {"before": outputs_before, "after": outputs_after}, list(forget_classes),
@@ -113,22 +106,6 @@ def unlearn(
             logger.error(f"The evidence step failed after unlearning ({results.evidence_error}); the unlearned model "
                          "is kept. The results record the error.")
             logger.debug("Where the evidence step failed:", exc_info=True)
-        if save:
-            trainer.create_model_card(**(card_kwargs or {}))
+    if save:
+        trainer.create_model_card(**(card_kwargs or {}))
     return trainer, results
-
-
-def resume_checkpoint(config: PBUConfig) -> str | None:
-    """The checkpoint to resume from: `--resume_from_checkpoint`, else the last complete one in `output_dir` (an
-    incomplete one, left by a kill or a full disk, is reported and skipped), so that an interrupted run carries on
-    where it stopped (theta* and the Fisher come from the source model, not from it). `PBUTrainer.train` refuses
-    it if another run (model, forget data, objective) wrote it."""
-    if config.resume_from_checkpoint is not None:
-        return config.resume_from_checkpoint
-    last = last_complete_checkpoint(config.output_dir)
-    if last is not None:
-        logger.warning(
-            f"Resuming the interrupted run from {last}; to start afresh, use another --output_dir or delete the "
-            "checkpoint-* folders in it."
-        )
-    return last

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from tiny_models import DictDataset, TinyConvNet, random_images, trained_bn_stats
 
 from hf_pbu import PBUConfig, PBUTrainer
-from hf_pbu.objective.forget_losses import FORGET_LOSSES, TERMS, ForgetBatch, build_forget_loss
+from hf_pbu.objective.forget_losses import TERMS, ForgetBatch, build_forget_loss
 
 NUM_CLASSES = 5
 FORGET = torch.tensor([1, 3])
@@ -58,7 +58,7 @@ def tiny():
     return model, reference, images.double(), labels
 
 
-@pytest.mark.parametrize("name", FORGET_LOSSES)
+@pytest.mark.parametrize("name", [*TERMS, "npo+distill", "complement+distill", "relabel+distill", "npo+complement"])
 def test_loss_and_gradient_match_autograd_of_the_written_formula(tiny, name):
     model, reference, images, labels = tiny
     with torch.no_grad():
@@ -96,7 +96,7 @@ def forgotten_logits(name: str, reference: torch.Tensor, labels: torch.Tensor, s
 def test_bounded_terms_gradient_vanishes_as_the_image_is_forgotten(name):
     torch.manual_seed(0)
     reference, labels = torch.randn(4, NUM_CLASSES, dtype=torch.float64), FORGET[torch.arange(4) % 2]
-    loss = build_forget_loss(name)
+    loss = build_forget_loss(name, npo_tau=TAU, distill_weight=1.0)
     norms = []
     for s in (2.0, 8.0, 32.0):
         logits = forgotten_logits(name, reference, labels, s).requires_grad_(True)
@@ -122,7 +122,7 @@ def test_relabel_and_distill_exclude_every_forget_class():
     batch = ForgetBatch(logits, labels, reference, FORGET)
     (grad,) = torch.autograd.grad(build_forget_loss("relabel")(batch), logits)
     assert grad[0].argmin() == 4  # pulled up: class 4, the best retained class, not class 3
-    (grad,) = torch.autograd.grad(build_forget_loss("distill")(batch), logits)
+    (grad,) = torch.autograd.grad(build_forget_loss("distill", distill_weight=1.0)(batch), logits)
     assert (grad[0, FORGET] > 0).all()  # both forget classes pushed down
 
 
@@ -156,9 +156,9 @@ def test_plateau_rule_ends_bounded_runs_on_several_forget_classes(tmp_path, name
     trainer = forget_run(tmp_path, name, FORGET[torch.arange(32) % 2])
 
     assert trainer.stop_rule == "plateau"
-    assert trainer.stopped_at_step == trainer.state.global_step < trainer.state.max_steps
-    assert trainer.forget_train_accuracy_history[-1][0] == trainer.stopped_at_step
-    assert len(trainer.plateau_history) > PBUConfig.stop_plateau_patience
+    assert trainer.stop_state.stopped_at_step == trainer.state.global_step < trainer.state.max_steps
+    assert trainer.stop_state.forget_train_accuracy_history[-1][0] == trainer.stop_state.stopped_at_step
+    assert len(trainer.stop_state.plateau_history) > PBUConfig.stop_plateau_patience
     if trainer.forget_loss.needs_forget_classes:
         assert trainer._forget_classes.tolist() == FORGET.tolist()
     if trainer.forget_loss.needs_reference:  # the frozen original, untouched by training
@@ -171,7 +171,7 @@ def test_accuracy_rule_still_ends_a_bounded_run_when_asked(tmp_path):
     trainer = forget_run(tmp_path, "complement", FORGET[torch.arange(32) % 2], stop_rule="forget_accuracy",
                          learning_rate=0.2, recognised=True)
 
-    assert trainer.stopped_at_step and trainer.forget_train_accuracy_history[-1][1] <= 0.5
+    assert trainer.stop_state.stopped_at_step and trainer.stop_state.forget_train_accuracy_history[-1][1] <= 0.5
 
 
 def test_given_forget_classes_override_the_labels_and_no_copy_without_need(tmp_path):

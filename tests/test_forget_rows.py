@@ -113,7 +113,7 @@ def test_levels_refit_the_forget_rows_alone_until_the_classes_rank_last(tmp_path
     last = logits[:, FORGET].max(-1).values < logits[:, retained].min(-1).values
     assert last.float().mean() > 0.9, last.float().mean()
     if level == "head":  # its stop rule: the classes rank last on (all but 0.5% of) the forget images
-        assert trainer.stop_rule == "ranked_last" and trainer.stopped_at_step is not None and last.all()
+        assert trainer.stop_rule == "ranked_last" and trainer.stop_state.stopped_at_step is not None and last.all()
     assert trainer.penalty.weights()["head.weight"][FORGET].abs().sum() == 0  # free of the anchor
     assert trainer.penalty.weights()["head.weight"][retained].min() > 0
     assert not head._forward_hooks and not trainer._reference.head._forward_hooks  # hooks removed after training

@@ -24,7 +24,7 @@ from hf_pbu.io.model_card import (
     model_class_names,
     write_model_card,
 )
-from hf_pbu.results import RESULTS_FILE, Measurement
+from hf_pbu.results import RESULTS_FILE
 
 BASE_CARD = ModelCard("---\nlicense: apache-2.0\nlibrary_name: timm\n---\n# A tiny digits classifier\n")
 
@@ -108,12 +108,11 @@ def test_card_of_a_real_run_parses_back_with_metadata_and_table_matching_results
     assert "not a certified" in text.replace("**", "")
 
 
-def test_missing_measurements_and_names_retrain_reference_mia_and_transformers_family(run, tmp_path):
+def test_missing_measurements_and_names_mia_and_transformers_family(run, tmp_path):
     output_dir, results, config, _ = run
     results.after.forget_test_accuracy = None  # no test images of the forgotten class
     results.stopped_at_step = None
     results.after.mia = {"entropy_svc": 12.5, "loss_logistic": None}
-    results.retrain = Measurement(forget_test_accuracy=0.0, retain_test_accuracy=91.25, forget_train_accuracy=0.0)
     base_dir = tmp_path / "local-base"
     base_dir.mkdir()
     (base_dir / "README.md").write_text("---\nlicense: mit\n---\n# Local base\n")
@@ -133,9 +132,7 @@ def test_missing_measurements_and_names_retrain_reference_mia_and_transformers_f
     assert not any("loss_logistic" in name for name in evals)
 
     rows = table_rows(loaded.text)
-    assert rows[ACCURACY_ROWS[0][0]][1:] == ["n/a", "0.00"]  # after: n/a, retrain reference: 0.00
-    assert rows[ACCURACY_ROWS[1][0]][2] == "91.25"
-    assert "Retrain from scratch (reference)" in loaded.text
+    assert rows[ACCURACY_ROWS[0][0]][1] == "n/a"  # after: not measured
     assert re.search(r"entropy_svc.*\| 12\.50 \|", loaded.text)
     assert "was **not** met" in loaded.text
     assert "`local-base`" in loaded.text
@@ -154,12 +151,14 @@ def test_license_is_carried_from_the_base_models_card_in_the_hf_cache(run, tmp_p
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
 
-    write_model_card(str(output_dir), results, config, "timm", "org/licensed-base", label_names=names)
+    write_model_card(str(output_dir), results, config, "timm", "org/licensed-base", label_names=names,
+                     base_card=load_base_card("org/licensed-base"))
     loaded = ModelCard.load(output_dir / "README.md")
     assert loaded.data.license == "cc-by-nc-4.0"
     assert loaded.data.base_model == "org/licensed-base"
     # Offline with no cached card: written all the same, without a license.
-    write_model_card(str(output_dir), results, config, "timm", "org/not-cached", label_names=names)
+    write_model_card(str(output_dir), results, config, "timm", "org/not-cached", label_names=names,
+                     base_card=load_base_card("org/not-cached"))
     assert ModelCard.load(output_dir / "README.md").data.license is None
 
 

@@ -137,10 +137,10 @@ def test_stop_callback_ends_training_with_the_first_weights_that_forget(tmp_path
     trainer.add_callback(recorder)
     assert trainer.forget_train_accuracy() == 100.0
     trainer.train()
-    stopped = trainer.stopped_at_step
+    stopped = trainer.stop_state.stopped_at_step
     assert stopped is not None and stopped < trainer.state.max_steps
     assert trainer.forget_train_accuracy() == 0.0
-    assert trainer.forget_train_accuracy_history[-1] == (stopped, 0.0)
+    assert trainer.stop_state.forget_train_accuracy_history[-1] == (stopped, 0.0)
     # The weights that passed are those after `stopped` updates: the update of the step that found them is undone.
     assert trainer.state.global_step == stopped + 1
     final = [p.detach() for p in trainer.model.parameters()]
@@ -151,7 +151,7 @@ def test_stop_callback_ends_training_with_the_first_weights_that_forget(tmp_path
         p.data.copy_(w)
     assert (earlier(forget.images).argmax(-1) == forget.labels).any()
     logged = [entry for entry in trainer.state.log_history if "forget_ce" in entry]
-    assert logged and {"fisher_penalty", "l2_penalty", "forget_batch_accuracy", "forget_train_accuracy", "loss"} <= set(
+    assert logged and {"fisher_penalty", "l2_penalty", "stop_signal", "forget_train_accuracy", "loss"} <= set(
         logged[-1]
     )
 
@@ -172,11 +172,12 @@ def test_a_step_whose_batches_pass_is_confirmed_on_the_whole_forget_set_with_bac
     args = config(tmp_path, learning_rate=1e-12, max_steps=4, per_device_train_batch_size=4, stop_forget_accuracy=1.0)
     trainer = InOrderPBUTrainer(model=model, args=args, train_dataset=forget)
     output = trainer.train()
-    assert trainer.stopped_at_step is None and trainer.state.global_step == 4
+    assert trainer.stop_state.stopped_at_step is None and trainer.state.global_step == 4
     # Checked before the updates of steps 1 and 2 (0 and 1 updates applied); the second failure waits 2 steps, so
     # step 3's batches (0% too) are not checked; step 4's do not trigger.
-    assert trainer.forget_train_accuracy_history == [(0, 25.0), (1, 25.0)]
-    assert trainer.stop_check_seconds > 0 and output.metrics["stop_check_seconds"] == trainer.stop_check_seconds
+    assert trainer.stop_state.forget_train_accuracy_history == [(0, 25.0), (1, 25.0)]
+    seconds = trainer.stop_state.stop_check_seconds
+    assert seconds > 0 and output.metrics["stop_check_seconds"] == seconds
     assert output.metrics["train_runtime"] > 0
 
 
@@ -184,7 +185,7 @@ def test_unlearning_without_reaching_the_criterion_runs_to_the_step_budget(tmp_p
     model, forget = forget_model_and_data()
     trainer = PBUTrainer(model=model, args=config(tmp_path, learning_rate=1e-6, max_steps=3), train_dataset=forget)
     trainer.train()
-    assert trainer.stopped_at_step is None and trainer.state.global_step == 3
+    assert trainer.stop_state.stopped_at_step is None and trainer.state.global_step == 3
 
 
 def test_non_finite_loss_stops_with_last_good_weights_and_raises(tmp_path):
@@ -256,7 +257,8 @@ def test_fisher_is_computed_at_train_start_not_at_init(tmp_path, monkeypatch):
     trainer = PBUTrainer(model=model, args=config(tmp_path, max_steps=1, stop_forget_accuracy=-1), train_dataset=forget)
     assert calls == [] and next(trainer.model.parameters()).device == trainer.args.device
     output = trainer.train()
-    assert calls == [0] and trainer.fisher_seconds > 0 and output.metrics["fisher_seconds"] == trainer.fisher_seconds
+    seconds = trainer.fisher_record.seconds
+    assert calls == [0] and seconds > 0 and output.metrics["fisher_seconds"] == seconds
 
 
 def test_step_budget_counts_optimizer_steps_as_one_process_would(tmp_path):
@@ -302,13 +304,13 @@ def test_resuming_a_checkpoint_of_another_run_is_refused(tmp_path, change):
     args = config(tmp_path, max_steps=1, save_strategy="steps", save_steps=1, stop_forget_accuracy=-1)
     PBUTrainer(model=model, args=args, train_dataset=forget).train()
     signature = json.loads((tmp_path / "out" / "checkpoint-1" / SIGNATURE_FILE).read_text())
-    assert signature["objective"]["alpha"] == args.alpha and signature["forget_samples"] == len(forget)
+    assert signature["settings"]["alpha"] == args.alpha and signature["forget_samples"] == len(forget)
 
     fresh, other_forget = forget_model_and_data(forget_class=2 if change == "forget_class" else 1)
     overrides = {"alpha": 1.0} if change == "alpha" else {}
     resumed = PBUTrainer(model=fresh, args=config(tmp_path, max_steps=2, stop_forget_accuracy=-1, **overrides),
                          train_dataset=other_forget)
-    difference = "forget_data" if change == "forget_class" else "objective"
+    difference = "forget_data" if change == "forget_class" else "settings.alpha: 721.0 in the checkpoint, 1.0 now"
     with pytest.raises(ValueError, match=f"Cannot resume .*checkpoint-1.*{difference}.*another --output_dir"):
         resumed.train(resume_from_checkpoint=True)
     assert resumed.state.global_step == 0
@@ -320,7 +322,7 @@ def test_auto_fisher_estimator_is_exact_up_to_the_class_limit_then_mc(tmp_path, 
     args = config(tmp_path, max_steps=1, fisher_estimator="auto", fisher_exact_max_classes=max_classes)
     trainer = PBUTrainer(model=model, args=args, train_dataset=forget)
     trainer.train()
-    assert trainer.fisher_estimator == expected
+    assert trainer.fisher_record.estimator == expected
     assert config(tmp_path, fisher_estimator="empirical").fisher_estimator_for(1000) == "empirical"
     assert PBUConfig(output_dir=str(tmp_path)).fisher_estimator == "mc"  # the default: one sampled label an image
 

@@ -3,7 +3,8 @@
 (Bad values are refused earlier, when the arguments are parsed: `hf_pbu.argument_checks`.) The output folder must
 be a writable folder, `--push_to_hub` needs a token, the Hub online and a valid repository id,
 `--resume_from_checkpoint` must name a complete checkpoint, and no other run may be writing to the same output
-folder: its lock is taken here and held for the whole run (`hf_pbu.output_lock`).
+folder: its lock is taken here and held for the whole run (`hf_pbu.io.output_lock`). The checkpoint to resume is
+resolved here, once.
 """
 
 import contextlib
@@ -15,12 +16,15 @@ from accelerate.utils import broadcast_object_list
 from huggingface_hub import constants, get_token
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
+from transformers.utils import logging
 
 from ..config import PBUConfig
-from ..io.checkpoints import checkpoint_to_resume
+from ..io.checkpoints import checkpoint_to_resume, last_complete_checkpoint
 from ..io.model_card import hub_repo_id
 from ..io.output_lock import OutputFolderInUseError, OutputFolderLock
 from ..io.publish import TOKEN_FIX
+
+logger = logging.get_logger(__name__)
 
 
 def check_output_dir(output_dir: str) -> None:
@@ -55,33 +59,48 @@ def check_push_prerequisites(config: PBUConfig) -> None:
                          "<namespace>/<name>.") from None
 
 
-def _check_and_lock(config: PBUConfig) -> OutputFolderLock:
+def checkpoint_to_carry_on(config: PBUConfig) -> str | None:
+    """The checkpoint the run resumes: `--resume_from_checkpoint`, which must be complete, else the last complete one
+    in `output_dir` (an incomplete one, left by a kill or a full disk, is reported and skipped), so that an
+    interrupted run carries on where it stopped; None to start afresh. `PBUTrainer.train` refuses it if another run
+    (model, forget data, settings) wrote it."""
+    if isinstance(config.resume_from_checkpoint, str):
+        return checkpoint_to_resume(config.resume_from_checkpoint, config.output_dir)
+    last = last_complete_checkpoint(config.output_dir)
+    if last is not None:
+        logger.warning(f"Resuming the interrupted run from {last}; to start afresh, use another --output_dir or delete "
+                       "the checkpoint-* folders in it.")
+    return last
+
+
+def _check_and_lock(config: PBUConfig) -> tuple[OutputFolderLock, str | None]:
     check_push_prerequisites(config)
     check_output_dir(config.output_dir)
-    if isinstance(config.resume_from_checkpoint, str):
-        checkpoint_to_resume(config.resume_from_checkpoint, config.output_dir)
-    return OutputFolderLock(config.output_dir).acquire()
+    checkpoint = checkpoint_to_carry_on(config)
+    return OutputFolderLock(config.output_dir).acquire(), checkpoint
 
 
 @contextlib.contextmanager
-def preflight(config: PBUConfig) -> Iterator[None]:
-    """Run the checks on the main process (the others get its verdict, so that all stop together) and hold the
-    output folder's lock until the block ends. Raises `ValueError` or `OutputFolderInUseError`."""
-    lock, error = None, None
+def preflight(config: PBUConfig) -> Iterator[str | None]:
+    """Run the checks on the main process (the others get its verdict, so that all stop together), hold the output
+    folder's lock until the block ends, and give every process the checkpoint to resume (`checkpoint_to_carry_on`),
+    resolved once. Raises `ValueError` or `OutputFolderInUseError`."""
+    lock, error, checkpoint = None, None, None
     if config.process_index == 0:
         try:
-            lock = _check_and_lock(config)
+            lock, checkpoint = _check_and_lock(config)
         except (ValueError, OutputFolderInUseError) as err:
             error = err
     if config.world_size > 1:
-        verdict = [None if error is None else str(error)]
+        verdict = [None if error is None else str(error), checkpoint]
         broadcast_object_list(verdict)
         if verdict[0] is not None and error is None:
             error = ValueError(verdict[0])
+        checkpoint = verdict[1]
     if error is not None:
         raise error
     try:
-        yield
+        yield checkpoint
     finally:
         if lock is not None:
             lock.release()

@@ -8,12 +8,12 @@
     python scripts/unlearn.py config.yaml   (the same arguments in a YAML or JSON file)
 
 Any `PBUConfig` flag (alpha, beta, gamma, learning_rate, ...) is accepted. Writes the unlearned model in its source
-format, its card and unlearning_results.json (A_Df, A_Dr, forget-train accuracy and MIA, before and after) to
---output_dir as soon as it is measured, before the optional evidence and push. Bad values, an output folder that
-cannot be written or that another run holds, and missing `--push_to_hub` prerequisites are refused before anything is
-loaded. A run that cannot give an unlearned model, that did not forget (forget-train accuracy above
---stop_forget_accuracy) or whose evidence step failed exits non-zero with the fix, is marked so in the results and the
-card, and is not pushed.
+format to --output_dir as soon as it is trained, then, once, its card and unlearning_results.json (A_Df, A_Dr,
+forget-train accuracy, MIA and the attacks, before and after), and uploads that folder with --push_to_hub. Bad
+values, an output folder that cannot be written or that another run holds, and missing `--push_to_hub`
+prerequisites are refused before anything is loaded. A run that cannot give an unlearned model, that did not forget
+(forget-train accuracy above --stop_forget_accuracy) or whose evidence step failed exits non-zero with the fix, is
+marked so in the results and the card, and is not pushed.
 """
 
 import logging as pylogging
@@ -31,10 +31,10 @@ from ..data import load_unlearning_splits
 from ..failures import UnlearningFailedError
 from ..io.model_card import CARD_FILE, card_dataset, card_datasets, load_base_card
 from ..io.output_lock import OutputFolderInUseError
-from ..io.publish import HubPushError
+from ..io.publish import HubPushError, push_unlearned_model
 from ..models import load_classifier
 from ..results import RESULTS_FILE
-from ..unlearning import resume_checkpoint, unlearn
+from ..unlearning import unlearn
 from .arguments import DataArguments, ModelArguments
 from .config_file import parse_arguments_file
 from .preflight import preflight
@@ -58,11 +58,14 @@ def run(model_args: ModelArguments, data_args: DataArguments, config: PBUConfig)
     logging.set_verbosity(log_level)
     pylogging.basicConfig(format="%(levelname)s - %(name)s - %(message)s", handlers=[pylogging.StreamHandler()])
     pylogging.getLogger("hf_pbu").setLevel(log_level)
-    with preflight(config):
-        unlearn_and_save(model_args, data_args, config)
+    with preflight(config) as checkpoint:
+        unlearn_and_save(model_args, data_args, config, checkpoint)
 
 
-def unlearn_and_save(model_args: ModelArguments, data_args: DataArguments, config: PBUConfig) -> None:
+def unlearn_and_save(model_args: ModelArguments, data_args: DataArguments, config: PBUConfig,
+                     checkpoint: str | None = None) -> None:
+    """Load, unlearn and measure, write the model, its card and results once (`hf_pbu.unlearning.unlearn`), print
+    the outcome and, if the run did its job, upload the folder; resume `checkpoint` if given."""
     loaded = load_classifier(model_args.model_id, model_args.revision, model_args.cache_dir)
     base_card = load_base_card(loaded.source)
     if data_args.dataset_name is None and data_args.dataset_dir is None and data_args.forget_dir is None:
@@ -80,9 +83,9 @@ def unlearn_and_save(model_args: ModelArguments, data_args: DataArguments, confi
     card_args = {"dataset_name": dataset_name, "hub_dataset": hub_dataset}
     # Saved with its card and results as soon as it is measured, before the optional evidence and push.
     trainer, results = unlearn(
-        loaded.model, config, data.splits, data.forget_classes, resume_checkpoint(config), data.eval_split,
+        loaded.model, config, data.splits, data.forget_classes, checkpoint, data.eval_split,
         data.eval_holdout_fraction, save=True, card_kwargs=card_args,
-        base_model_id=loaded.source, class_names=loaded.label_names or data.names,
+        base_model_id=loaded.source, base_card=base_card, class_names=loaded.label_names or data.names,
         processing_class=loaded.image_processor,
     )
     trainer.accelerator.end_training()  # the last collective is behind: the process group ends before the processes
@@ -92,8 +95,10 @@ def unlearn_and_save(model_args: ModelArguments, data_args: DataArguments, confi
         outcome = "Forgot" if results.forgotten else "Did NOT forget"
         print(f"\n{outcome} {classes} of {model_args.model_id} using {results.forget_train_samples} forget images.")
         print(results.format_table())
-    # A failed push leaves the folder complete; a run that failed at its job is not pushed.
-    url = trainer.push_to_hub(**card_args) if config.push_to_hub and not failures else None
+    # The folder is complete: the upload sends it as it is. A failed push leaves it so; a failed run is not pushed.
+    url = None
+    if config.push_to_hub and not failures and trainer.is_world_process_zero():
+        url = push_unlearned_model(config.output_dir, config)
     if trainer.is_world_process_zero():
         output_dir = os.path.abspath(config.output_dir)
         print(f"Unlearned model: {output_dir} (reload it as the base model was loaded, from this folder)")

@@ -117,17 +117,21 @@ def measure(
     num_workers: int = 0,
     seed: int = 0,
     return_outputs: bool = False,
+    known_outputs: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> Measurement | tuple[Measurement, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
     """A_Df (forget test), A_Dr (retain test) and forget-train accuracy, and the membership-inference attacks' member
     rates on the forget-train set (None without retained training data). The forget classes are those of
     forget_train.
 
     One prediction pass per split serves every figure, on the model's device with `accelerator`'s processes and
-    mixed precision (this process alone when not given, e.g. for a baseline's plain model). With
-    `return_outputs`, also the (logits, labels) of every split measured.
+    mixed precision (this process alone when not given, e.g. for a baseline's plain model); `known_outputs` holds
+    (logits, labels) of splits already passed through the model as it is (the trainer's last pass over the forget
+    set), which are not passed again. With `return_outputs`, also the (logits, labels) of every split measured.
     """
+    known = known_outputs or {}
     outputs = {
-        name: predictions(model, split, batch_size, num_workers=num_workers, accelerator=accelerator)
+        name: known[name] if name in known else predictions(model, split, batch_size, num_workers=num_workers,
+                                                             accelerator=accelerator)
         for name, split in attack_samples(splits, seed).items()
         if name in MEASURED_SPLITS and len(split)
     }

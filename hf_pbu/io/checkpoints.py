@@ -6,8 +6,9 @@ while it is written leaves no `checkpoint-N` at all, and a folder without both f
 their recorded sizes (copied in part, or left by another tool), is reported as incomplete and never resumed.
 
 A checkpoint holds the unlearned weights and the optimizer, not theta* nor the Fisher: those are rebuilt from the
-source model on resume. Resuming another run's checkpoint (another model, other forget classes, another
-objective) would silently mix two runs, the weights of one anchored to the other's theta*.
+source model on resume. Resuming another run's checkpoint (another model, other forget classes, another objective,
+another learning rate) would silently mix two runs, the weights of one anchored to the other's theta* or trained at
+the other's settings.
 """
 
 import json
@@ -29,25 +30,20 @@ logger = logging.get_logger(__name__)
 SIGNATURE_FILE = "pbu_run.json"
 MANIFEST_FILE = "pbu_checkpoint.json"
 CHECKPOINT_PATTERN = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
-# The fields of `PBUConfig` that define the objective (and so theta*'s weights w = beta * F + gamma).
-OBJECTIVE_FIELDS = ("alpha", "beta", "gamma", "fisher_estimator", "fisher_mc_samples", "fisher_top_mass",
-                    "freeze_batchnorm", "forget_loss", "npo_tau", "distill_weight", "forget_level",
-                    "forget_row_learning_rate")
 
 
 def run_signature(model: nn.Module, forget_data: Dataset, config: PBUConfig, metadata: dict | None = None) -> dict:
-    """What a run's checkpoints must match to be resumed: the source weights (sha256), the forget data, the
-    objective, and the caller's `metadata` (e.g. model id, revision, forget classes). Take it before a checkpoint's
-    weights are loaded."""
-    objective = {name: getattr(config, name) for name in OBJECTIVE_FIELDS}
-    if config.fisher_estimator != "mc":
-        objective.pop("fisher_mc_samples")
+    """What a run's checkpoints must match to be resumed: the source weights (sha256), the forget data, every setting
+    that shapes the unlearned weights (`PBUConfig.run_settings`: the objective, the optimizer, its schedule, the batch
+    size, the step budget, the seed, ...), the number of processes, and the caller's `metadata` (e.g. model id,
+    revision, forget classes). Take it before a checkpoint's weights are loaded."""
     return {
         **(metadata or {}),
         "model_weights_sha256": model_fingerprint(model),
         "forget_data": dataset_fingerprint(forget_data),
         "forget_samples": len(forget_data),
-        "objective": objective,
+        "processes": config.world_size,
+        "settings": config.run_settings(),
     }
 
 
@@ -124,8 +120,8 @@ def check_resumable(checkpoint: str, signature: dict, output_dir: str) -> None:
         )
     with open(path) as f:
         saved = json.load(f)
-    # A JSON round trip, so that tuples and lists (and other JSON spellings) compare alike.
-    current = json.loads(json.dumps(signature))
+    # A JSON round trip, so that tuples and lists (and other JSON spellings) compare alike; settings one by one.
+    saved, current = _flat(saved), _flat(json.loads(json.dumps(signature)))
     differences = [
         f"{key}: {saved.get(key)!r} in the checkpoint, {current.get(key)!r} now"
         for key in sorted(set(saved) | set(current))
@@ -134,10 +130,21 @@ def check_resumable(checkpoint: str, signature: dict, output_dir: str) -> None:
     if differences:
         raise ValueError(
             f"Cannot resume {checkpoint}: it was written by another unlearning run (another model, forget set or "
-            f"objective), and resuming would mix the two. Differences: {'; '.join(differences)}. To start afresh, use "
+            f"setting), and resuming would mix the two. Differences: {'; '.join(differences)}. To start afresh, use "
             f"another --output_dir or delete the checkpoint-* folders in {output_dir}; to resume it, rerun with the "
             "checkpoint's settings."
         )
+
+
+def _flat(signature: dict) -> dict:
+    """The signature with its settings at the top level, each under its own name (`settings.learning_rate`)."""
+    settings = signature.get("settings")
+    flat = {key: value for key, value in signature.items() if key != "settings"}
+    if isinstance(settings, dict):
+        flat.update({f"settings.{name}": value for name, value in settings.items()})
+    elif settings is not None:
+        flat["settings"] = settings
+    return flat
 
 
 def staging_folder(output_dir: str) -> str:

@@ -19,8 +19,8 @@ from transformers.utils import logging
 
 from ..config import PBUConfig
 from ..models import hub_model_id_of, resolve_model_id, specific_names
-from ..objective.forget_losses import build_forget_loss
 from ..results import Measurement, UnlearningResults
+from ..stopping import STOP_RULES, stop_outcome
 from .atomic import write_text
 from .escaping import code_span_text, markdown_text
 
@@ -127,11 +127,10 @@ def format_value(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
-def results_table(results: UnlearningResults) -> tuple[list[dict], bool]:
-    """Rows {label, before, after, retrain} of the before/after table (none when the run was not measured); whether
-    a retrain reference exists."""
+def results_table(results: UnlearningResults) -> list[dict]:
+    """Rows {label, before, after} of the before/after table (none when the run was not measured)."""
     if results.before is None and results.after is None:
-        return [], False
+        return []
     rows = [(label, key, None) for label, key in ACCURACY_ROWS]
     attacks = dict.fromkeys([*((results.before and results.before.mia) or {}), *((results.after and results.after.mia)
                                                                                 or {})])
@@ -147,11 +146,10 @@ def results_table(results: UnlearningResults) -> tuple[list[dict], bool]:
             "label": label,
             "before": cell(results.before, key, attack),
             "after": cell(results.after, key, attack),
-            "retrain": cell(results.retrain, key, attack),
         }
         for label, key, attack in rows
     ]
-    return table, results.retrain is not None
+    return table
 
 
 def evidence_rows(evidence: dict | None) -> list[dict]:
@@ -238,7 +236,7 @@ def eval_results(results: UnlearningResults, dataset_name: str | None, hub_datas
 FORGET_LEVEL_NOTES = {
     "head": "The forgotten classes' rows of the classifier head were also freed from the anchor and refit until "
             "each forgotten class ranked last on its own images, as in a model retrained without it "
-            "(`forget_level='head'`), and the run stopped once they did.",
+            "(`forget_level='head'`).",
     "features": "The forgotten classes' rows of the classifier head were also freed from the anchor and refit until "
                 "each forgotten class ranked last on its own images, and the forget term was taken through the "
                 "original head, so that the features of the forgotten classes moved out of their region "
@@ -248,34 +246,14 @@ FORGET_LEVEL_NOTES = {
 
 def forget_loss_note(config: PBUConfig) -> str:
     """How the run differs from the paper: its forget term, if not the paper's -CE, and its forget level."""
-    level = FORGET_LEVEL_NOTES.get(config.forget_level, "")
-    if config.forget_loss == "neg_ce":
-        return level
-    loss = build_forget_loss(config.forget_loss, config.npo_tau, config.distill_weight)
-    replaced = (f"This run replaced the paper's -CE forget term with `{config.forget_loss}` ({loss.summary}), a term "
-                "bounded below whose push on the forgotten classes vanishes once an image is forgotten")
-    if level:  # the level's note says how the run stopped
-        return f"{replaced}. {level}"
-    stop = ("ran until the objective stopped falling instead of stopping as soon as the classes were gone."
-            if config.resolved_stop_rule == "plateau" else "stopped as soon as the classes were gone.")
-    return f"{replaced}, and {stop}"
-
-
-def stop_criterion(config: PBUConfig) -> str:
-    if config.resolved_stop_rule == "ranked_last":
-        return (f"the forgotten classes rank last on all but {config.stop_forget_accuracy:g}% of the forget set, "
-                f"evaluated when at most {config.stop_trigger_accuracy:g}% of a step's training batches do not; the "
-                "run ends with the weights that passed")
-    if config.resolved_stop_rule == "plateau":
-        return (
-            f"plateau: the objective (forget term's mean over an epoch plus the anchor penalty) fell by less than "
-            f"{config.stop_plateau_tolerance:g} (relative) for {config.stop_plateau_patience} epochs in a row"
-        )
-    return (
-        f"forget-train accuracy <= {config.stop_forget_accuracy:g}% on the whole forget set, evaluated "
-        f"when a step's training batches read <= {config.stop_trigger_accuracy:g}%; the run ends with the "
-        "weights that passed"
-    )
+    notes = []
+    if config.forget_loss != "neg_ce":
+        notes.append(f"This run replaced the paper's -CE forget term with `{config.forget_loss}` "
+                     f"({config.build_forget_loss().summary}), a term bounded below whose push on the forgotten "
+                     "classes vanishes once an image is forgotten.")
+    if config.forget_level in FORGET_LEVEL_NOTES:
+        notes.append(FORGET_LEVEL_NOTES[config.forget_level])
+    return " ".join(notes)
 
 
 def hyperparameters(config: PBUConfig, results: UnlearningResults) -> list[tuple[str, str]]:
@@ -290,12 +268,11 @@ def hyperparameters(config: PBUConfig, results: UnlearningResults) -> list[tuple
     if config.fisher_max_samples is not None and results.forget_train_samples > config.fisher_max_samples:
         estimator += f", on a random sample of {config.fisher_max_samples} forget images"
     level = [("Forget level (`forget_level`)", config.forget_level)]
-    if config.forget_level != "output":
+    if config.refits_forget_rows:
         level.append(("Learning rate of the forget classes' head rows", f"{config.forget_row_learning_rate:g}"))
     return [
         *level,
-        ("Forget term (`forget_loss`)", f"{config.forget_loss}: "
-         f"{build_forget_loss(config.forget_loss, config.npo_tau, config.distill_weight).summary}"),
+        ("Forget term (`forget_loss`)", f"{config.forget_loss}: {config.build_forget_loss().summary}"),
         ("alpha (weight of the forget term on the forget data)", f"{config.alpha:g}"),
         ("beta (weight of the Fisher-weighted distance)", f"{config.beta:g}"),
         ("gamma (weight of the plain L2 distance)", f"{config.gamma:g}"),
@@ -310,7 +287,7 @@ def hyperparameters(config: PBUConfig, results: UnlearningResults) -> list[tuple
         ),
         ("Epoch budget over S_n", f"{config.num_train_epochs:g}"),
         ("Optimizer steps run", str(results.steps)),
-        ("Stop criterion", stop_criterion(config)),
+        ("Stop criterion (`stop_rule`)", STOP_RULES[config.resolved_stop_rule].criterion(config)),
         ("BatchNorm statistics frozen", str(config.freeze_batchnorm)),
         ("Seed", str(config.seed)),
     ]
@@ -333,12 +310,11 @@ def write_model_card(
 
     `base_model_id`: the Hub repo the model was unlearned from, resolved (e.g. `timm/convnext_large.fb_in22k_ft_in1k`,
     not `timm/convnext_large`), or None for a local model (`base_model_name` then names it). `dataset_name` is listed
-    in the `datasets` metadata only when `hub_dataset` (see `card_dataset`). `tags` are added to the card's own.
+    in the `datasets` metadata only when `hub_dataset` (see `card_dataset`). `base_card`: the base model's card, whose
+    license the card carries (`load_base_card`). `tags` are added to the card's own.
     """
     if family not in ("timm", "transformers"):
         raise ValueError(f"family must be 'timm' or 'transformers', got {family!r}.")
-    if base_card is None and base_model_id is not None:
-        base_card = load_base_card(base_model_id)
     base_data = base_card.data if base_card is not None else None
     repo_id = hub_repo_id(output_dir, config)
     card_data = ModelCardData(
@@ -354,7 +330,7 @@ def write_model_card(
         model_name=repo_id.split("/")[-1],
         eval_results=eval_results(results, dataset_name, hub_dataset) or None,
     )
-    table, has_retrain = results_table(results)
+    table = results_table(results)
     names = label_names or []
     forgotten = [
         {"id": c, "name": markdown_text(names[c]) if 0 <= c < len(names) else "(unnamed)"}
@@ -378,16 +354,14 @@ def write_model_card(
         eval_holdout_fraction=results.eval_holdout_fraction,
         forget_train_samples=results.forget_train_samples,
         hyperparameters=hyperparameters(config, results),
-        stopped_at_step=results.stopped_at_step,
+        stop_outcome=stop_outcome(config, results.stopped_at_step, results.steps),
         not_forgotten=results.forgotten is False,
         final_forget_accuracy=format_value(results.after.forget_train_accuracy if results.after else None),
         evidence_error=results.evidence_error,
         steps=results.steps,
         stop_forget_accuracy=f"{config.stop_forget_accuracy:g}",
-        stop_rule=config.resolved_stop_rule,
         forget_loss_note=forget_loss_note(config),
         table=table,
-        has_retrain=has_retrain,
         evidence=results.evidence or {},
         evidence_rows=evidence_rows(results.evidence),
         forgetting_level=(results.evidence or {}).get("forgetting_level"),

@@ -18,12 +18,14 @@ halved and retried, and only a single image that does not fit is an error. Runni
 they grow, so that an interrupted Fisher resumes; ranks' sums are added through Accelerate.
 """
 
+import dataclasses
 import gc
 import hashlib
 import os
 import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 
 import torch
 from accelerate import PartialState
@@ -48,6 +50,24 @@ ACCELERATOR_BUDGET_FRACTION = 0.7
 # Default budget on CPU: the pass is compute-bound there, so chunks beyond a few GiB gain little, and 2 GiB leaves
 # room on any machine that can hold a 200M-parameter model with its Fisher and optimizer state.
 CPU_BUDGET_BYTES = 2 << 30
+
+
+@dataclass
+class FisherRecord:
+    """Where a run's Fisher came from and what it cost, for the results and the card: `source` is "computed" in this
+    run, "resumed" from partial sums (`seconds` then counts the time before the interruption), "cached" (the seconds
+    recorded when it was computed), "given" by the caller (0 s) or "not needed" (beta = 0); `estimator` is the one
+    used ('auto' resolved); the memory budget of its chunks and the accelerator's peak while it ran (None on CPU)."""
+
+    estimator: str | None = None
+    seconds: float = 0.0
+    source: str = "computed"
+    memory_budget_bytes: int | None = None
+    peak_memory_bytes: int | None = None
+
+    def results_fields(self) -> dict:
+        """As `UnlearningResults` names them (`fisher_<field>`)."""
+        return {f"fisher_{name}": value for name, value in dataclasses.asdict(self).items()}
 
 
 def _exact_factor(probs: torch.Tensor) -> torch.Tensor:

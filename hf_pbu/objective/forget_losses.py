@@ -99,9 +99,6 @@ TERMS: dict[str, Term] = {
     "distill": Term(distill, bounded=True, needs_reference=True, needs_forget_classes=True,
                     summary="KL divergence to the original model's distribution over the retained classes"),
 }
-# The combinations measured in benchmarks/RESULTS.md ("Quality: bounded forget losses"); any '+' join of TERMS works.
-FORGET_LOSSES = ("neg_ce", "npo", "complement", "relabel", "distill", "npo+distill", "complement+distill",
-                 "relabel+distill")
 
 
 @dataclass(frozen=True)
@@ -119,13 +116,17 @@ class ForgetLoss:
         return sum(weight * term(batch) for weight, term in self.terms).mean()
 
 
-def build_forget_loss(name: str, npo_tau: float = 1.0, distill_weight: float = 1.0) -> ForgetLoss:
-    """The `ForgetLoss` named `name` ('+'-joined names of `TERMS`)."""
+def build_forget_loss(name: str, *, npo_tau: float | None = None, distill_weight: float | None = None) -> ForgetLoss:
+    """The `ForgetLoss` named `name` ('+'-joined names of `TERMS`), with the options of the terms it joins (`npo_tau`
+    for 'npo', `distill_weight` for 'distill'; `PBUConfig.build_forget_loss` passes the run's)."""
     parts = name.split("+")
     unknown = [part for part in parts if part not in TERMS]
     if unknown or len(set(parts)) != len(parts):
-        raise ValueError(f"forget_loss={name!r}: join distinct terms among {list(TERMS)} with '+' "
-                         f"(measured: {', '.join(FORGET_LOSSES)}).")
+        raise ValueError(f"forget_loss={name!r}: join distinct terms among {', '.join(TERMS)} with '+' (e.g. "
+                         "'complement+distill').")
+    for part, option, value in (("npo", "npo_tau", npo_tau), ("distill", "distill_weight", distill_weight)):
+        if part in parts and value is None:
+            raise ValueError(f"forget_loss={name!r} needs {option}.")
     options = {"npo": {"tau": npo_tau}}
     weights = {"distill": distill_weight}
     chosen = [TERMS[part] for part in parts]

@@ -63,10 +63,10 @@ if __name__ == "__main__":
             "budget": budget_run.args.step_budget(IMAGES),
             "budget_steps": budget_run.state.global_step,
             "whole_set_accuracy": whole_set_accuracy,
-            "stopped_at_step": stop_run.stopped_at_step,
-            "confirmations": stop_run.forget_train_accuracy_history,
+            "stopped_at_step": stop_run.stop_state.stopped_at_step,
+            "confirmations": stop_run.stop_state.forget_train_accuracy_history,
             "head_stop_rule": head_run.stop_rule,
-            "head_stopped_at_step": head_run.stopped_at_step,
+            "head_stopped_at_step": head_run.stop_state.stopped_at_step,
             "heads_equal": torch.equal(heads[0], heads[1]),
             "head_rows_moved": (heads[0].reshape(3, -1)[1:] - fixture()[0].head.weight[1:]).norm().item(),
         }))
