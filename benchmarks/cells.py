@@ -83,14 +83,34 @@ def cell_splits(data: DatasetDict, transform, cell: Cell, mia_members: int, seed
     return {name: with_image_transform(split, transform) for name, split in splits.items()}
 
 
+# Options that only one forget term reads: left out of the labels of settings without that term.
+TERM_OPTIONS = {"npo_tau": "npo", "distill_weight": "distill"}
+
+
+def pbu_setting(config: Any) -> dict:
+    """What tells two PBU settings apart: every setting that shapes the unlearned weights (`PBUConfig.run_settings`,
+    derived from the config's fields, so a new field cannot be left out), as JSON values."""
+    return json.loads(json.dumps(config.run_settings()))
+
+
+def setting_label(setting: dict) -> str:
+    """A PBU setting in a table row: its forget term and level, then the settings that differ from the defaults
+    (records written before `forget_level` existed ran at 'output')."""
+    from hf_pbu import PBUConfig
+
+    defaults = pbu_setting(PBUConfig(output_dir="unused"))
+    terms = setting["forget_loss"].split("+")
+    changed = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in setting.items()
+               if k not in ("forget_loss", "forget_level") and TERM_OPTIONS.get(k, terms[0]) in terms
+               and v != defaults.get(k, v)]
+    return " ".join([setting["forget_loss"], setting.get("forget_level", "output"), *changed])
+
+
 def config_summary(config: Any) -> dict:
-    """The JSON-friendly fields of a method's config (TrainingArguments reduced to what shapes the run)."""
-    if hasattr(config, "to_dict") and hasattr(config, "alpha"):  # PBUConfig
-        keys = ("alpha", "beta", "gamma", "learning_rate", "per_device_train_batch_size", "num_train_epochs",
-                "fisher_estimator", "stop_forget_accuracy", "stop_trigger_accuracy",
-                "freeze_batchnorm", "forget_loss", "stop_rule", "seed")
-        full = config.to_dict()
-        return {key: full[key] for key in keys}
+    """The JSON-friendly fields of a method's config: a PBU run's settings (`pbu_setting`), or a baseline's fields
+    with its TrainingArguments recipe reduced to what shapes the run."""
+    if hasattr(config, "run_settings"):  # PBUConfig
+        return pbu_setting(config)
     summary = {}
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)

@@ -204,7 +204,7 @@ def write_markdown(results_dir: str) -> None:
             "Class unlearning on real images, one forget class at a time. A_Df: test accuracy on the forgotten class "
             "(0 is ideal); A_Dr: test accuracy on the other classes (the retrain oracle's value is ideal). MIA: share "
             "(percent) of forget-training images that a membership-inference attack fitted on retained train (members) "
-            "vs retained test (non-members) calls members (`hf_pbu.mia`: SVC on the softmax entropy as in the PBU "
+            "vs retained test (non-members) calls members (`hf_pbu.evidence.mia`: SVC on the softmax entropy as in the PBU "
             "reference code, and logistic regression on loss features); lower means the forget data looks unseen. "
             "Time: wall seconds of the method alone (PBU's includes its Fisher: cache off), one torch thread "
             "(`OMP_NUM_THREADS=1`) on a 2-core CPU shared with other jobs, so only roughly comparable. Mean ± std over "

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 from baselines import METHODS
-from cells import cell_classes, cell_splits, parse_cell
+from cells import cell_classes, cell_splits, parse_cell, pbu_setting
 from compare_methods import BenchmarkArguments, base_model_dir, load_base, locked, write_atomically
 from feature_forgetting_table import print_table
 from oracles import cached_oracle
@@ -36,10 +36,6 @@ from hf_pbu import PBUConfig, PBUTrainer
 from hf_pbu.evidence import attack_evidence
 from hf_pbu.evidence.measurement import measure
 from hf_pbu.models import eval_transform
-
-# The PBUConfig fields that tell two settings apart in the tables (the others stay at their defaults).
-SETTING_FIELDS = ("forget_loss", "forget_level", "alpha", "beta", "gamma", "learning_rate", "num_train_epochs",
-                  "max_steps", "distill_weight", "forget_row_learning_rate", "fisher_estimator", "stop_rule")
 
 
 @dataclass
@@ -76,10 +72,6 @@ def save_record(path: str, record: dict) -> None:
         write_atomically(path, json.dumps(results, indent=1))
 
 
-def setting_of(config: PBUConfig) -> dict:
-    return {name: getattr(config, name) for name in SETTING_FIELDS if hasattr(config, name)}
-
-
 def attack_columns(model: torch.nn.Module, splits: dict, classes: list[int], seed: int) -> dict:
     start = time.perf_counter()
     found = attack_evidence(model, splits, classes, seed, relearn_k=(10,), probe=False)
@@ -114,7 +106,7 @@ def run(args: FeatureArguments, config: PBUConfig, path: str) -> None:
     data, base, recipe, _ = load_base(bench)
     base_dir = base_model_dir(bench)
     transform = eval_transform(base)
-    setting = setting_of(config)
+    setting = pbu_setting(config)
     for cell in map(parse_cell, args.forget_classes):
         classes = cell_classes(cell)
         splits = cell_splits(data, transform, cell, mia_members=2000)

@@ -8,22 +8,12 @@ method closes ((original - method) / (original - oracle), per cell, over the cel
 from collections import defaultdict
 
 import numpy as np
+from cells import setting_label
 
 ATTACKS = {"relearn": "fine-tune relearn k=10", "head_relearn": "head-only relearn k=10", "prototype": "prototype"}
 # Below this distance (points) between the original and the oracle, the share closed is not defined for a cell.
 MIN_DISTANCE = 5.0
 TOLERANCE = 10.0  # "within oracle + 10 points"
-
-
-def setting_label(setting: dict) -> str:
-    """A PBU setting in a table row: its forget term and level, then what differs from the defaults."""
-    from hf_pbu import PBUConfig
-
-    defaults = PBUConfig(output_dir="unused")
-    head = [setting["forget_loss"], setting.get("forget_level", "output")]
-    changed = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in setting.items()
-               if k not in ("forget_loss", "forget_level") and v != getattr(defaults, k, v)]
-    return " ".join(head + changed)
 
 
 def _rows(results: dict) -> tuple[dict, dict, dict]:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import timm
 import torch
-from cells import cell_classes, cell_sort_key, cell_splits, evidence_columns, parse_cell
+from cells import cell_classes, cell_sort_key, cell_splits, evidence_columns, parse_cell, pbu_setting, setting_label
 from compare_methods import locked, write_atomically
 from offline_data import DEFAULT_DIR, digits_dataset, fashion_mnist_dataset
 from transformers import HfArgumentParser
@@ -35,13 +35,6 @@ from hf_pbu.evidence.measurement import measure
 from hf_pbu.models import eval_transform
 
 MODEL_DIRS = {"digits": "outputs/digits-resnet18", "fashion_mnist": "outputs/fashion-mnist-resnet18q-2ep"}
-# The PBUConfig fields that tell two settings apart in the tables.
-SETTING_FIELDS = ("forget_loss", "alpha", "learning_rate", "stop_rule", "npo_tau", "distill_weight",
-                  "num_train_epochs", "stop_plateau_tolerance", "stop_plateau_patience", "stop_forget_accuracy")
-# Fields that only one forget term reads: left out of the labels of settings without that term.
-TERM_OPTIONS = {"npo_tau": "npo", "distill_weight": "distill"}
-
-
 @dataclass
 class StudyArguments:
     dataset: str = field(default="digits", metadata={"choices": list(MODEL_DIRS)})
@@ -58,19 +51,6 @@ class StudyArguments:
         default=None, metadata={"help": "With --table: only these seeds' runs, to compare settings on the same seeds."}
     )
     eval_batch_size: int = field(default=256)
-
-
-def setting_of(config: PBUConfig) -> dict:
-    return {name: getattr(config, name) for name in SETTING_FIELDS}
-
-
-def setting_label(setting: dict) -> str:
-    """The setting in a table row: the loss, then the fields that differ from `PBUConfig`'s defaults."""
-    defaults = PBUConfig(output_dir="unused")
-    terms = setting["forget_loss"].split("+")
-    changed = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in setting.items()
-               if k != "forget_loss" and TERM_OPTIONS.get(k, terms[0]) in terms and v != getattr(defaults, k)]
-    return " ".join([setting["forget_loss"], *changed])
 
 
 def load_json(path: str, empty: dict) -> dict:
@@ -107,7 +87,7 @@ def measure_setting(args: StudyArguments, config: PBUConfig, path: str) -> None:
     data = digits_dataset() if args.dataset == "digits" else fashion_mnist_dataset(DEFAULT_DIR)
     base = timm.create_model(f"local-dir:{args.base_model_dir or MODEL_DIRS[args.dataset]}", pretrained=True).eval()
     transform = eval_transform(base)
-    setting = setting_of(config)
+    setting = pbu_setting(config)
     for forget_class in map(parse_cell, args.forget_classes):
         splits = cell_splits(data, transform, forget_class, mia_members=2000)
         for seed in args.seeds:

@@ -482,7 +482,7 @@ class PBUTrainer(Trainer):
 
     def _save_checkpoint(self, model, trial) -> None:
         """`Trainer._save_checkpoint` into the staging area, then sealed with the run's signature and renamed to
-        `output_dir/checkpoint-N` (`hf_pbu.checkpoints.publish_checkpoint`), older ones rotated out only then: a
+        `output_dir/checkpoint-N` (`hf_pbu.io.checkpoints.publish_checkpoint`), older ones rotated out only then: a
         kill or a full disk while it is written leaves the previous checkpoint as the last one. A failed write
         removes the partial checkpoint and raises an `OSError` naming the folder."""
         output_dir, step = self.args.output_dir, self.state.global_step

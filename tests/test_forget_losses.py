@@ -1,4 +1,4 @@
-"""The forget terms (`hf_pbu.forget_losses`): each against autograd of its written formula, the bounded ones'
+"""The forget terms (`hf_pbu.objective.forget_losses`): each against autograd of its written formula, the bounded ones'
 gradients vanishing once an image is forgotten, several forget classes at once, and the stop rules ending runs."""
 
 import copy

@@ -1,4 +1,4 @@
-"""The forget rows of forget_level "head"/"features" (`hf_pbu.forget_rows`): the rank-last term against autograd of
+"""The forget rows of forget_level "head"/"features" (`hf_pbu.objective.forget_rows`): the rank-last term against autograd of
 its written formula, its vanishing gradient, and the trainer refitting those rows alone, resumably, from the forget
 data alone."""
 

@@ -1,5 +1,5 @@
 """Images read as `datasets` decodes them (EXIF orientation, the column's mode), high bit depths scaled to 8 bits,
-every other mode converted, and any file that cannot be read named in one error: `hf_pbu.images.open_image`."""
+every other mode converted, and any file that cannot be read named in one error: `hf_pbu.data.images.open_image`."""
 
 import io
 

@@ -27,8 +27,8 @@ def with_image_transform(
     in_chans: int = 3,
 ) -> Dataset:
     """`dataset` yielding `{"pixel_values", "labels"}` through `transform`, applied lazily (`with_transform`), on
-    images read as `datasets` decodes them (`hf_pbu.images.open_image`: the column's Image feature, EXIF orientation,
-    bit depth scaled to 8 bits) in the model's mode."""
+    images read as `datasets` decodes them (`hf_pbu.data.images.open_image`: the column's Image feature, EXIF
+    orientation, bit depth scaled to 8 bits) in the model's mode."""
     mode = {1: "L", 3: "RGB"}.get(in_chans, "RGB")
     feature = dataset.features.get(image_column)
     feature = feature if isinstance(feature, Image) else None

@@ -57,8 +57,8 @@ def membership_inference(
     outputs: dict[str, tuple[torch.Tensor, torch.Tensor]], seed: int = 0
 ) -> dict[str, float] | None:
     """Both attacks' member rates (percent) on the forget-training samples, from the model's outputs
-    {split: (logits, labels)} (`hf_pbu.evaluation.predictions`) on retain_train (members), retain_test (non-members)
-    and forget_train; None when either side to fit them on is missing.
+    {split: (logits, labels)} (`hf_pbu.evidence.measurement.predictions`) on retain_train (members), retain_test
+    (non-members) and forget_train; None when either side to fit them on is missing.
 
     entropy_svc: the reference code's attack, an RBF SVC (C=3) on the entropy of the softmax.
     loss_logistic: logistic regression on `loss_features`, which sees the labels and is usually the stronger.

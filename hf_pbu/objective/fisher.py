@@ -499,7 +499,7 @@ def load_or_compute_fisher(
     """The Fisher from `cache_dir` when this model and data were seen before, else computed (and cached), with a
     progress bar unless `show_progress` is False (`--disable_tqdm`).
 
-    A cache file is used only if it is sound (`hf_pbu.fisher_cache`: shapes, finite, non-negative, checksum); a bad
+    A cache file is used only if it is sound (`hf_pbu.io.fisher_cache`: shapes, finite, non-negative, checksum); a bad
     one is set aside with a warning and the Fisher computed again. While it is computed, each rank keeps its running
     sums in a partial file beside the cache entry (keyed by the batch size and the process count too), so that an
     interrupted run resumes where it stopped. Returns the Fisher, the seconds its computation took (for a cached

@@ -1,5 +1,6 @@
 """The Fisher diagonal's per-layer closed forms: sums of squared per-image gradients, layer by layer, from one
-*batched* backward pass per direction (`hf_pbu.fisher` runs them, and the general per-image path for the rest).
+*batched* backward pass per direction (`hf_pbu.objective.fisher` runs them, and the general per-image path for the
+rest).
 
 With normalisation layers on running statistics (eval mode) the images of a batch do not interact, so the backward
 of sum_b v_b . z_b hands every layer the gradient g_b of its output for every image b at once. A layer's per-image

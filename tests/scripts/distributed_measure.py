@@ -1,4 +1,4 @@
-"""Run by `accelerate launch --multi_gpu --num_processes N`: `hf_pbu.evaluation.measure` with the launch's
+"""Run by `accelerate launch --multi_gpu --num_processes N`: `hf_pbu.evidence.measurement.measure` with the launch's
 accelerator, on splits of odd sizes (so that the padded last shards hold duplicates that must not count).
 
 Writes the result (main process) as JSON to the path given as argv[1].
