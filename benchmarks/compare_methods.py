@@ -33,12 +33,12 @@ from cells import (
     cell_splits,
     config_key,
     config_summary,
-    evidence_columns,
     markdown_table,
     parse_cell,
     plot,
     replace_section,
     run_cell,
+    suite_columns,
 )
 from offline_data import DEFAULT_DIR, digits_dataset, fashion_mnist_dataset
 from transformers import HfArgumentParser
@@ -204,8 +204,8 @@ def write_markdown(results_dir: str) -> None:
             "Class unlearning on real images, one forget class at a time. A_Df: test accuracy on the forgotten class "
             "(0 is ideal); A_Dr: test accuracy on the other classes (the retrain oracle's value is ideal). MIA: share "
             "(percent) of forget-training images that a membership-inference attack fitted on retained train (members) "
-            "vs retained test (non-members) calls members (`hf_pbu.evidence.mia`: SVC on the softmax entropy as in the PBU "
-            "reference code, and logistic regression on loss features); lower means the forget data looks unseen. "
+            "vs retained test (non-members) calls members (`hf_pbu.evidence.mia`: SVC on the softmax entropy as in the "
+            "PBU reference code, and logistic regression on loss features); lower means the forget data looks unseen. "
             "Time: wall seconds of the method alone (PBU's includes its Fisher: cache off), one torch thread "
             "(`OMP_NUM_THREADS=1`) on a 2-core CPU shared with other jobs, so only roughly comparable. Mean ± std over "
             "seeds; the seed changes the unlearning run (data order, noise, random teacher, retrain initialisation), "
@@ -275,7 +275,7 @@ def main() -> None:
         if pbu_config.evidence and "evidence" not in results["original"].get(str(forget_class), {}):
             name = str(forget_class)
             original = meta["original"][name] = meta["original"].get(name) or dict(results["original"][name])
-            original["evidence"] = evidence_columns(base_model, splits, cell_classes(forget_class), seed)
+            original["evidence"] = suite_columns(base_model, splits, cell_classes(forget_class), seed)
         record = run_cell(method, config, base_model, splits, args.eval_batch_size, seed,
                           cell_classes(forget_class) if pbu_config.evidence else None)
         record.update(method=method, forget_class=forget_class, seed=seed, config_key=key,
