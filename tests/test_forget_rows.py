@@ -1,6 +1,6 @@
 """The forget rows of forget_level "head"/"features" (`hf_pbu.objective.forget_rows`): the rank-last term against
-autograd of its written formula, its vanishing gradient, and the trainer refitting those rows alone, resumably, from the forget
-data alone."""
+autograd of its written formula, its vanishing gradient, and the trainer refitting those rows alone, resumably, from
+the forget data alone."""
 
 import copy
 
