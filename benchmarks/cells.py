@@ -22,7 +22,7 @@ from datasets import DatasetDict
 from torch import nn
 
 from hf_pbu.data import split_by_classes, unlearning_splits, with_image_transform
-from hf_pbu.evidence import attack_evidence
+from hf_pbu.evidence import run_suite
 from hf_pbu.evidence.measurement import measure
 
 SECTION_TITLE = "## Quality: PBU vs baselines (issue 5)"
@@ -126,18 +126,15 @@ def config_key(summary: dict) -> str:
     return hashlib.sha256(json.dumps(summary, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def evidence_columns(model: nn.Module, splits: dict, forget_classes: list[int], seed: int) -> dict:
-    """The evidence columns of a cell (`hf_pbu.evidence.attack_evidence` on the cell's forget classes): the linear
-    probe's balanced accuracy and AUC, and A_Df after the relearn attack (and right after its head reset), per k;
-    with the seconds they took."""
+def suite_columns(model: nn.Module, splits: dict, forget_classes: list[int], seed: int) -> dict:
+    """Every attack of the suite (`hf_pbu.evidence.run_suite`, the costly ones too) on one model, as columns: A_Df
+    after each attack (its name) and A_Dr after it (`<name>_retain`), with the seconds they took."""
     start = time.perf_counter()
-    found = attack_evidence(model, splits, forget_classes, seed)
-    columns = {"probe_balanced_accuracy": found["linear_probe"]["balanced_accuracy"],
-               "probe_auc": found["linear_probe"]["auc"]}
-    for k, attack in found["relearn_attack"].items():
-        columns[f"relearn_{k}"] = attack["forget_test_accuracy"]
-        columns[f"relearn_{k}_at_start"] = attack["forget_test_accuracy_at_start"]
-        columns[f"relearn_{k}_retain"] = attack["retain_test_accuracy"]
+    found = run_suite(model, splits, forget_classes, seed, costly=True)
+    columns = {}
+    for name, result in found.items():
+        columns[name] = result["forget_test_accuracy"]
+        columns[f"{name}_retain"] = result.get("retain_test_accuracy")
     return {**columns, "seconds": time.perf_counter() - start}
 
 
@@ -146,7 +143,7 @@ def run_cell(
     evidence_classes: list[int] | None = None,
 ) -> dict:
     """Unlearn with one method on a copy of `base_model` and measure the result (with `evidence_classes`, the
-    cell's forget classes, also its `evidence_columns`)."""
+    cell's forget classes, also its `suite_columns`)."""
     method = METHODS[method_name]
     forget = splits["forget_train"] if method.needs_forget else None
     retain = splits["retain_train_all"] if method.needs_retain else None
@@ -158,7 +155,7 @@ def run_cell(
     model.eval()
     record = {**dataclasses.asdict(measure(model, splits, eval_batch_size, seed=seed)), "seconds": seconds}
     if evidence_classes:
-        record["evidence"] = evidence_columns(model, splits, evidence_classes, seed)
+        record["evidence"] = suite_columns(model, splits, evidence_classes, seed)
     return record
 
 

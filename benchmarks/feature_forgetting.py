@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 from baselines import METHODS
-from cells import cell_classes, cell_splits, parse_cell, pbu_setting
+from cells import cell_classes, cell_splits, parse_cell, pbu_setting, suite_columns
 from compare_methods import BenchmarkArguments, base_model_dir, load_base, locked, write_atomically
 from feature_forgetting_table import print_table
 from oracles import cached_oracle
@@ -33,7 +33,6 @@ from transformers import HfArgumentParser
 from transformers.utils import logging
 
 from hf_pbu import PBUConfig, PBUTrainer
-from hf_pbu.evidence import attack_evidence
 from hf_pbu.evidence.measurement import measure
 from hf_pbu.models import eval_transform
 
@@ -72,23 +71,9 @@ def save_record(path: str, record: dict) -> None:
         write_atomically(path, json.dumps(results, indent=1))
 
 
-def attack_columns(model: torch.nn.Module, splits: dict, classes: list[int], seed: int) -> dict:
-    start = time.perf_counter()
-    found = attack_evidence(model, splits, classes, seed, relearn_k=(10,), probe=False)
-    columns = {
-        "relearn": found["relearn_attack"]["10"]["forget_test_accuracy"],
-        "relearn_retain": found["relearn_attack"]["10"]["retain_test_accuracy"],
-        "head_relearn": found["head_relearn_attack"]["forget_test_accuracy"],
-        "head_relearn_retain": found["head_relearn_attack"]["retain_test_accuracy"],
-        "prototype": found["prototype_attack"]["forget_test_accuracy"],
-        "prototype_retain": found["prototype_attack"]["retain_test_accuracy"],
-    }
-    return {**columns, "seconds": time.perf_counter() - start}
-
-
 def measured(model: torch.nn.Module, splits: dict, classes: list[int], seed: int, batch_size: int) -> dict:
     return {**dataclasses.asdict(measure(model, splits, batch_size, seed=seed)),
-            "attacks": attack_columns(model, splits, classes, seed)}
+            "attacks": suite_columns(model, splits, classes, seed)}
 
 
 def run_pbu(base: torch.nn.Module, splits: dict, config: PBUConfig) -> tuple[torch.nn.Module, dict]:

@@ -10,10 +10,16 @@ from collections import defaultdict
 import numpy as np
 from cells import setting_label
 
-ATTACKS = {"relearn": "fine-tune relearn k=10", "head_relearn": "head-only relearn k=10", "prototype": "prototype"}
+from hf_pbu.evidence import ATTACKS, SUITE
+
 # Below this distance (points) between the original and the oracle, the share closed is not defined for a cell.
 MIN_DISTANCE = 5.0
-TOLERANCE = 10.0  # "within oracle + 10 points"
+TOLERANCE = 10.0  # "within the oracle ± 10 points"
+
+
+def attacks_measured(results: dict) -> list[str]:
+    """The suite's attacks (`hf_pbu.evidence.SUITE`, in its order) that every record of `results` holds."""
+    return [attack.name for attack in SUITE if all(attack.name in r["attacks"] for r in results["records"])]
 
 
 def _rows(results: dict) -> tuple[dict, dict, dict]:
@@ -27,7 +33,7 @@ def _rows(results: dict) -> tuple[dict, dict, dict]:
     return references, methods
 
 
-def _summary(records_by_cell: dict, references: dict) -> dict | None:
+def _summary(records_by_cell: dict, references: dict, attacks: list[str]) -> dict | None:
     cells = [c for c in records_by_cell if ("oracle", c) in references and ("original", c) in references]
     if not cells:
         return None
@@ -43,14 +49,15 @@ def _summary(records_by_cell: dict, references: dict) -> dict | None:
     row.update(a_df=np.mean([mean("forget_test_accuracy", c) for c in cells]),
                a_df_max=max(mean("forget_test_accuracy", c) for c in cells),
                gap=np.mean(gaps), worst_gap=min(gaps), below_3=sum(g < -3 for g in gaps))
-    for name in ATTACKS:
+    for name in attacks:
         values = [attack(name, c) for c in cells]
         oracle = [references[("oracle", c)]["attacks"][name] for c in cells]
         original = [references[("original", c)]["attacks"][name] for c in cells]
         shares = [(o - v) / (o - r) for v, r, o in zip(values, oracle, original) if o - r >= MIN_DISTANCE]
         row[name] = np.mean(values)
         row[f"{name}_closed"] = 100 * np.mean(shares) if shares else float("nan")
-        row[f"{name}_within"] = sum(v <= r + TOLERANCE for v, r in zip(values, oracle))
+        row[f"{name}_distance"] = np.mean([abs(v - r) for v, r in zip(values, oracle)])
+        row[f"{name}_within"] = sum(abs(v - r) <= TOLERANCE for v, r in zip(values, oracle))
     if all("steps" in records_by_cell[c][0] for c in cells):  # a PBU setting (references have no steps)
         seconds = [mean("seconds", c) for c in cells]
         retrain = [references[("oracle", c)]["seconds"] for c in cells]
@@ -60,27 +67,27 @@ def _summary(records_by_cell: dict, references: dict) -> dict | None:
     return row
 
 
-def summaries(results: dict) -> dict[str, dict]:
+def summaries(results: dict, attacks: list[str]) -> dict[str, dict]:
     """label -> summary row, for the references (as one-record methods) and every PBU setting."""
     references, methods = _rows(results)
     rows = {}
     for name in ("oracle", "mask_logits", "original"):
         by_cell = {c: [r] for (model, c), r in references.items() if model == name}
-        summary = _summary(by_cell, references)
+        summary = _summary(by_cell, references, attacks)
         if summary:
             rows[name] = summary
     for label, by_cell in methods.items():
-        summary = _summary(by_cell, references)
+        summary = _summary(by_cell, references, attacks)
         if summary:
             rows[f"PBU {label}"] = summary
     return rows
 
 
 def print_table(results: dict, plot_path: str | None, title: str) -> None:
-    rows = summaries(results)
+    attacks = attacks_measured(results)
+    rows = summaries(results, attacks)
     header = ["method", "cells", "seeds", "mean A_Df", "max A_Df", "A_Dr gap", "worst gap", "< −3"]
-    for name in ATTACKS:
-        header += [f"{ATTACKS[name]} (closed %, ≤ oracle+10)"]
+    header += [f"{name} (closed %, mean abs(model − oracle), within ±10)" for name in attacks]
     header += ["steps", "time (s)", "time / retrain"]
     print(f"### {title}\n")
     print("| " + " | ".join(header) + " |")
@@ -88,21 +95,22 @@ def print_table(results: dict, plot_path: str | None, title: str) -> None:
     for label, row in rows.items():
         cells = [label, str(row["cells"]), str(row["seeds"]), f"{row['a_df']:.1f}", f"{row['a_df_max']:.1f}",
                  f"{row['gap']:+.2f}", f"{row['worst_gap']:+.1f}", str(row["below_3"])]
-        for name in ATTACKS:
+        for name in attacks:
             closed = row[f"{name}_closed"]
             cells.append(f"{row[name]:.1f} ({'n/a' if np.isnan(closed) else f'{closed:.0f}'}, "
-                         f"{row[f'{name}_within']}/{row['cells']})")
+                         f"{row[f'{name}_distance']:.1f}, {row[f'{name}_within']}/{row['cells']})")
         if "seconds" in row:
             cells += [f"{row['steps']:.0f}", f"{row['seconds']:.0f}", f"{row['time_ratio']:.2f}"]
         else:
             cells += ["", "", ""]
         print("| " + " | ".join(cells) + " |")
     print("\nProduced by:\n\n" + "\n".join(f"    {c}" for c in results["commands"]))
+    print("\nAttacks: " + "; ".join(f"{name}: {ATTACKS[name].label}" for name in attacks) + ".")
     if plot_path:
-        plot(rows, plot_path, title)
+        plot(rows, attacks, plot_path, title)
 
 
-def plot(rows: dict[str, dict], path: str, title: str) -> None:
+def plot(rows: dict[str, dict], attacks: list[str], path: str, title: str) -> None:
     """One panel per attack (forget-test accuracy after it, mean over cells) and one of the A_Dr gap."""
     import matplotlib
 
@@ -110,13 +118,16 @@ def plot(rows: dict[str, dict], path: str, title: str) -> None:
     import matplotlib.pyplot as plt
 
     labels = list(rows)
-    figure, axes = plt.subplots(1, 4, figsize=(16, 0.45 * len(labels) + 1.8), sharey=True)
+    figure, axes = plt.subplots(1, len(attacks) + 1, figsize=(4 * len(attacks) + 4, 0.45 * len(labels) + 1.8),
+                                sharey=True)
     y = np.arange(len(labels))
-    for axis, name in zip(axes, ATTACKS):
+    for axis, name in zip(axes, attacks):
         axis.barh(y, [rows[label][name] for label in labels], color="#1f4e96")
         axis.axvline(rows["oracle"][name], color="#2ca02c", linestyle="--", label="oracle")
-        axis.axvline(rows["oracle"][name] + TOLERANCE, color="#2ca02c", linestyle=":", label="oracle + 10")
-        axis.set_title(f"{ATTACKS[name]}:\nforget-test accuracy after (%)", fontsize=9)
+        for side in (-TOLERANCE, TOLERANCE):
+            axis.axvline(rows["oracle"][name] + side, color="#2ca02c", linestyle=":",
+                         label="oracle ± 10" if side > 0 else None)
+        axis.set_title(f"{name}:\nforget-test accuracy after (%)", fontsize=9)
         axis.set_xlim(0, 100)
     axes[0].legend(fontsize=7, loc="lower right")
     axes[-1].barh(y, [rows[label]["gap"] for label in labels], color="#d62728")

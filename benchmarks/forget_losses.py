@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import timm
 import torch
-from cells import cell_classes, cell_sort_key, cell_splits, evidence_columns, parse_cell, pbu_setting, setting_label
+from cells import cell_classes, cell_sort_key, cell_splits, parse_cell, pbu_setting, setting_label, suite_columns
 from compare_methods import locked, write_atomically
 from offline_data import DEFAULT_DIR, digits_dataset, fashion_mnist_dataset
 from transformers import HfArgumentParser
@@ -72,7 +72,7 @@ def run_cell(base: torch.nn.Module, splits: dict, config: PBUConfig, eval_batch_
     record = {**dataclasses.asdict(measure(model, splits, eval_batch_size, seed=config.seed)), "seconds": seconds,
               "steps": trainer.state.global_step, "stopped_at_step": trainer.stop_state.stopped_at_step}
     if evidence_classes:
-        record["evidence"] = evidence_columns(model, splits, evidence_classes, config.seed)
+        record["evidence"] = suite_columns(model, splits, evidence_classes, config.seed)
     return record
 
 

@@ -27,7 +27,8 @@ FORGET_LEVELS = get_args(ForgetLevel)
 # `PBUConfig`'s alike, is a setting of the run, which a resumed checkpoint must share (`PBUConfig.run_settings`): a new
 # field is one unless it is named here.
 RUN_ONLY_FIELDS = (
-    "fisher_batch_size", "fisher_memory_budget", "fisher_cache_dir", "evidence", "output_dir", "logging_", "log_", "disable_tqdm", "report_to", "run_name", "project", "trackio_", "eval_",
+    "fisher_batch_size", "fisher_memory_budget", "fisher_cache_dir", "evidence", "output_dir", "logging_", "log_",
+    "disable_tqdm", "report_to", "run_name", "project", "trackio_", "eval_",
     "per_device_eval_batch_size", "prediction_loss_only", "include_", "batch_eval_metrics", "bf16_full_eval",
     "fp16_full_eval", "save_", "enable_jit_checkpoint", "push_to_hub", "hub_", "load_best_model_at_end",
     "metric_for_best_model", "greater_is_better", "restore_callback_states_from_checkpoint", "dataloader_num_workers",
@@ -161,8 +162,16 @@ class PBUConfig(TrainingArguments):
     )
     evidence: bool = field(
         default=False,
-        metadata={"help": "After unlearning, also run the costly attacks (hf_pbu.evidence) on the original and the "
-                  "unlearned model; the cheap ones always run."},
+        metadata={"help": "After unlearning, also run the costly attacks of the suite (hf_pbu.evidence.suite: the "
+                  "whole-model relearns, the 100-shot probe) on the original and the unlearned model; the cheap ones "
+                  "always run."},
+    )
+    evidence_required_level: ForgetLevel = field(
+        default="head",
+        metadata={"help": "The run fails (exit non-zero, nothing pushed) when its own attacks find the class "
+                  "forgotten at a lower level: 'head' refuses a class an attack through its head row brings back; "
+                  "'output' accepts it; 'features' also refuses one that the features alone give back.",
+                  "choices": list(FORGET_LEVELS)},
     )
     freeze_batchnorm: bool = field(
         default=True,
@@ -223,7 +232,7 @@ class PBUConfig(TrainingArguments):
         if self.dataloader_pin_memory and (self.use_cpu or not torch.accelerator.is_available()):
             self.dataloader_pin_memory = False  # nothing to pin for, and DataLoader would warn every epoch
         for name, choices in (("fisher_estimator", FISHER_ESTIMATOR_CHOICES), ("forget_level", FORGET_LEVELS),
-                              ("stop_rule", STOP_RULE_CHOICES)):
+                              ("evidence_required_level", FORGET_LEVELS), ("stop_rule", STOP_RULE_CHOICES)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {', '.join(map(repr, choices))}.")
         self.build_forget_loss()  # raises on an unknown name

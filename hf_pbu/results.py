@@ -103,21 +103,15 @@ class UnlearningResults:
         if self.eval_split and before.retain_test_accuracy is not None:
             rows.append(f"test sets: the {self.eval_split!r} split"
                         + (" (part held out)" if self.eval_holdout_fraction else ""))
+        from .evidence.suite import suite_rows  # the evidence package measures into these records: imported late
+
         evidence = self.evidence or {}
-        attacks = (("A_Df after prototype", "prototype_attack"), ("A_Df after head relearn", "head_relearn_attack"))
-        for label, key in attacks:
-            if key in evidence:
-                rows.append(f"{label:25}{pct(evidence[key]['before']['forget_test_accuracy'])}   "
-                            f"{pct(evidence[key]['after']['forget_test_accuracy'])}")
-        if "linear_probe" in evidence:
-            probe = evidence["linear_probe"]
-            rows.append(f"{'probe: forget vs retain (%)':25}{pct(probe['before']['balanced_accuracy'])}   "
-                        f"{pct(probe['after']['balanced_accuracy'])}")
-        for k, attack in (evidence.get("relearn_attack") or {}).items():
-            rows.append(f"{f'A_Df after relearn, k={k}':25}{pct(attack['before']['forget_test_accuracy'])}   "
-                        f"{pct(attack['after']['forget_test_accuracy'])}")
+        for row in suite_rows(evidence.get("attacks") or {}):
+            rows.append(f"{'A_Df, ' + row['name'] + ' (%)':25}{pct(row['before'])}   {pct(row['after'])}")
         if "forgetting_level" in evidence:
-            rows.append(f"Forgotten: {evidence['forgetting_level']['level']} ({evidence['forgetting_level']['text']})")
+            level = evidence["forgetting_level"]
+            strongest = f"; strongest: {level['strongest']}" if level.get("strongest") else ""
+            rows.append(f"Forgotten: {level['level']} ({level['text']}{strongest})")
         fisher_note = {"cached": " (cached)", "resumed": " (resumed)"}.get(self.fisher_source, "")
         resumed = f", resumed at step {self.resumed_from_step}" if self.resumed_from_step is not None else ""
         rows.append(f"Fisher: {self.fisher_seconds:.1f} s{fisher_note}   unlearning: {self.unlearn_seconds:.1f} s "

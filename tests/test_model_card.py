@@ -15,6 +15,7 @@ from huggingface_hub import ModelCard, ModelCardData, constants
 from huggingface_hub.repocard_data import eval_results_to_model_index, model_index_to_eval_results
 from tiny_unlearning_run import shared_unlearning_run
 
+from hf_pbu.evidence import ATTACKS, SUITE
 from hf_pbu.io.model_card import (
     ACCURACY_ROWS,
     METRIC_NAMES,
@@ -245,23 +246,22 @@ def test_card_shows_the_evidence_chart_confusion_and_attacks(run):
     output_dir, results, config, names = run
     assert results.evidence["chart"] == "per_class_accuracy.png"
     assert (output_dir / results.evidence["chart"]).read_bytes().startswith(b"\x89PNG")
-    attack = {"steps": 100, "forget_test_accuracy": 0.0}
-    results.evidence.update(
-        linear_probe={"before": {"balanced_accuracy": 97.5}, "after": {"balanced_accuracy": 71.25}},
-        relearn_attack={"10": {"before": {**attack, "forget_test_accuracy": 95.0}, "after": attack}},
-    )
+    cheap = [attack.name for attack in SUITE if not attack.costly]
+    assert list(results.evidence["attacks"]) == cheap  # the cheap attacks run in every run with retain data
+    results.evidence["attacks"]["relearn_strong"] = {"before": {"forget_test_accuracy": 95.0},
+                                                     "after": {"forget_test_accuracy": 0.0}}
     write_model_card(str(output_dir), results, config, "timm", "org/tiny-digits", label_names=names,
                      base_card=BASE_CARD)
     card = ModelCard.load(output_dir / "README.md")
     assert "![Per-class test accuracy before and after unlearning](per_class_accuracy.png)" in card.text
     forgotten = names[results.forget_classes[0]]
     assert re.search(rf"\| {re.escape(forgotten)} \| .*%", card.text)
-    assert re.search(r"Linear probe .* \| 97\.50 \| 71\.25 \|", card.text)
-    relearn = (r"Fine-tune relearn attack: A_Df after fine-tuning the whole model 100 steps on 10 images per class "
-               r"\(%\) \| 95\.00 \| 0\.00 \|")
-    assert re.search(relearn, card.text)
-    # the head attacks run in every run with retain data: their rows and the level they place the forgetting at
-    assert re.search(r"Prototype attack: .* \| \d+\.\d\d \| \d+\.\d\d \|", card.text)
-    assert re.search(r"Head-only relearn attack: .* 100 steps on 10 images per class \(%\) \| \d", card.text)
+    assert re.search(r"\| Whole-model relearn, strong: 100 steps at lr 0.001 on 10 images per class \| row \(reported: "
+                     r"a retrained model reads high too\) \| 95\.00 \| 0\.00 \|", card.text)
+    for name in cheap:  # one row each, with both figures
+        assert re.search(rf"\| {re.escape(ATTACKS[name].label)} \| (row|features).* \| \d+\.\d\d \| \d+\.\d\d \|",
+                         card.text), name
+    level = results.evidence["forgetting_level"]
     assert re.search(r"\*\*Where the class was forgotten: (output|head|features)\.\*\* The class is ", card.text)
+    assert f"Attacks run: {', '.join(level['attacks_run'])} (the cheap ones;" in card.text
     ModelCardData(**card.data.to_dict())  # the metadata still validates

@@ -28,6 +28,7 @@ from transformers.utils import logging
 
 from ..config import PBUConfig
 from ..data import load_unlearning_splits
+from ..evidence.suite import below_level
 from ..failures import UnlearningFailedError
 from ..io.model_card import CARD_FILE, card_dataset, card_datasets, load_base_card
 from ..io.output_lock import OutputFolderInUseError
@@ -51,7 +52,7 @@ def parse(argv: list[str]) -> tuple[ModelArguments, DataArguments, PBUConfig]:
 
 
 def run(model_args: ModelArguments, data_args: DataArguments, config: PBUConfig) -> None:
-    """One run, after the checks that need no model or data (`hf_pbu.preflight`), holding the output folder."""
+    """One run, after the checks that need no model or data (`hf_pbu.cli.preflight`), holding the output folder."""
     if config.should_log:
         logging.set_verbosity_info()
     log_level = config.get_process_log_level()
@@ -106,8 +107,11 @@ def unlearn_and_save(model_args: ModelArguments, data_args: DataArguments, confi
         if url:
             print(f"Pushed to {url}")
     if failures:
+        level = (results.evidence or {}).get("forgetting_level")
         marks = [mark for mark, on in (("`forgotten: false`", not results.forgotten),
-                                       ("`evidence_error`", results.evidence_error)) if on]
+                                       ("`evidence_error`", results.evidence_error),
+                                       (f"forgotten at the `{level and level['level']}` level",
+                                        below_level(level, config.evidence_required_level))) if on]
         pushed = " Nothing was pushed." if config.push_to_hub else ""
         raise RunFailedError(" ".join(failures) + f" The model, its card and {RESULTS_FILE} are saved in "
                              f"{os.path.abspath(config.output_dir)} (marked {' and '.join(marks)}).{pushed}")
@@ -123,8 +127,16 @@ def run_failures(trainer, results) -> list[str]:
     if not results.forgotten:
         failures.append(trainer.not_forgotten_message(results.after.forget_train_accuracy))
     if results.evidence_error:
-        failures.append(f"The evidence step failed after unlearning ({results.evidence_error}): rerun without "
-                        "--evidence, or report the error.")
+        failures.append(f"The evidence step failed after unlearning ({results.evidence_error}): report the error"
+                        + (", or rerun without --evidence." if trainer.args.evidence else "."))
+    level = (results.evidence or {}).get("forgetting_level")
+    if below_level(level, trainer.args.evidence_required_level):
+        share = level["recovered"][level["strongest"]]
+        failures.append(
+            f"The run's own attacks find the class {level['text']} (strongest: {level['strongest']}, "
+            f"{100 * share:.0f}% of what it gives back on the original), below --evidence_required_level "
+            f"{trainer.args.evidence_required_level}. Try --forget_level features, or accept this level with "
+            f"--evidence_required_level {level['level']}.")
     return failures
 
 

@@ -161,6 +161,58 @@ def prototype_from_features(
     return result
 
 
+ImageFree = Literal["recentre", "mean"]
+
+
+@torch.no_grad()
+def image_free_attack(
+    model: nn.Module,
+    forget_test: HeadInputs,
+    retain_test: HeadInputs | None = None,
+    *,
+    forget_classes: Sequence[int] | None = None,
+    how: ImageFree = "recentre",
+) -> dict:
+    """Edit the forget classes' head rows with no image at all, and measure A_Df on `forget_test` (and A_Dr on
+    `retain_test`). Each forget class gets the retained classes' mean bias and, with `how`:
+
+    * "recentre": its own row shifted by a constant so that its mean coordinate is the retained rows' mean
+      coordinate. On the non-negative features of a ReLU network, a method that lowers the class's logit on every
+      input by a uniform shift of its row (what a hinge on the logit does first) is undone by this, and the row's
+      shape, where the class still lives, speaks again.
+    * "mean": the retained rows' mean row. Nothing of the class's row is left: the class comes back only where the
+      features themselves push its images away from every retained row.
+
+    Returns {"how", "forget_classes", "forget_test_accuracy_before", "forget_test_accuracy", and
+    "retain_test_accuracy_before" / "retain_test_accuracy" when `retain_test` is given}; accuracies in %. `model`
+    itself is not changed."""
+    if how not in ("recentre", "mean"):
+        raise ValueError(f"how must be 'recentre' or 'mean', not {how!r}.")
+    forget_classes = _forget_classes_of(forget_classes, forget_test)
+    head, linear = head_copy(model)
+    result: dict = {"how": how, "forget_classes": forget_classes,
+                    "forget_test_accuracy_before": _head_accuracy(head, forget_test)}
+    if retain_test is not None:
+        result["retain_test_accuracy_before"] = _head_accuracy(head, retain_test)
+    forget = _forget_mask(linear, forget_classes)
+    if forget.all():
+        raise ValueError("The image-free attacks need at least one retained class in the head.")
+    retained = linear.weight[~forget]
+    for c in forget_classes:
+        if how == "recentre":
+            linear.weight[c] += retained.mean() - linear.weight[c].mean()
+        else:
+            linear.weight[c] = retained.mean(0)
+    if linear.bias is not None:
+        linear.bias[forget] = linear.bias[~forget].mean()
+    result["forget_test_accuracy"] = _head_accuracy(head, forget_test)
+    if retain_test is not None:
+        result["retain_test_accuracy"] = _head_accuracy(head, retain_test)
+    logger.info(f"Image-free attack ({how}): A_Df {result['forget_test_accuracy_before']:.1f}% -> "
+                f"{result['forget_test_accuracy']:.1f}%")
+    return result
+
+
 def prototype_attack(
     model: nn.Module,
     images: Dataset,

@@ -1,72 +1,55 @@
-"""A linear probe on the penultimate features: how well a logistic regression tells the forgotten classes' images
-from the retained ones. Output-level forgetting that leaves the features intact still separates here."""
+"""A linear probe on the penultimate features: a multinomial logistic regression fitted on k training images of every
+class, scored on the forgotten classes' test images. Output-level forgetting that leaves the features intact lets
+the probe find the class as well as on the original model; a model retrained without the class lets it find the
+class from k images too, as far as its features set it apart (read the figure against the oracle's)."""
 
 from collections.abc import Sequence
 
 import numpy as np
-from torch import nn
-from torch.utils.data import Dataset
 from transformers.utils import logging
 
-from ..sampling import seeded_subset
-from .features import head_inputs
+from .features import HeadInputs
 
 logger = logging.get_logger(__name__)
 
 
-def linear_probe(
-    model: nn.Module,
-    train: dict[str, Dataset],
-    test: dict[str, Dataset],
-    forget_classes: Sequence[int],
+def k_shot_probe(
+    train: HeadInputs,
+    forget_test: HeadInputs,
+    retain_test: HeadInputs | None = None,
     *,
+    forget_classes: Sequence[int] | None = None,
     seed: int = 0,
-    max_per_side: int = 1000,
-    batch_size: int = 64,
 ) -> dict:
-    """How well a linear probe on the penultimate features tells forget-class images from retained ones.
+    """Fit a multinomial logistic regression (standardised features, lbfgs) on `train` (the features of k images of
+    every class, e.g. of `hf_pbu.evidence.relearn_set`) and measure its accuracy on `forget_test` (A_Df: the share of
+    the forgotten classes' test images it labels with their class) and on `retain_test`.
 
-    A logistic regression (standardised features, class_weight="balanced") is fitted on the features of up to
-    `max_per_side` seeded random images of train["forget_train"] and of train["retain_train"], and scored on as
-    many of test["forget_test"] and test["retain_test"]. An image is positive when its label is in
-    `forget_classes`. Returns the balanced accuracy in % (chance is 50) and the ROC AUC (chance is 0.5).
-
-    The features of a model that never saw the class usually still separate it somewhat (features learned on
-    neighbouring classes, even random convolutions, carry information about any digit): read it against the
-    oracle's, not against 50.
-    """
+    Returns {"k" (training images of the least represented forget class), "forget_classes", "forget_test_accuracy",
+    and "retain_test_accuracy" when `retain_test` is given}; accuracies in %."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
     from sklearn.preprocessing import StandardScaler
 
-    forget = set(int(c) for c in forget_classes)
+    labels = train.labels.numpy()
+    forget_classes = sorted({int(c) for c in (forget_test.labels.tolist() if forget_classes is None
+                                              else forget_classes)})
+    missing = [c for c in forget_classes if c not in set(labels.tolist())]
+    if missing or len(set(labels.tolist())) < 2:
+        raise ValueError(f"The probe needs training images of every forget class and of a retained class; got "
+                         f"classes {sorted(set(labels.tolist()))} for forget classes {forget_classes}.")
+    scaler = StandardScaler().fit(train.features.double().numpy())
+    probe = LogisticRegression(max_iter=2000, random_state=seed)
+    probe.fit(scaler.transform(train.features.double().numpy()), labels)
 
-    def features(forget_set: Dataset, retain_set: Dataset, offset: int) -> tuple[np.ndarray, np.ndarray, dict]:
-        parts = [head_inputs(model, seeded_subset(d, max_per_side, seed + offset + i), batch_size)
-                 for i, d in enumerate((forget_set, retain_set))]
-        x = np.concatenate([p.features.double().numpy() for p in parts])
-        y = np.isin(np.concatenate([p.labels.numpy() for p in parts]), list(forget)).astype(np.int64)
-        return x, y, {"forget": int(y.sum()), "retain": int((1 - y).sum())}
+    def accuracy(inputs: HeadInputs | None) -> float | None:
+        if inputs is None or len(inputs) == 0:
+            return None
+        predicted = probe.predict(scaler.transform(inputs.features.double().numpy()))
+        return 100.0 * float(np.mean(predicted == inputs.labels.numpy()))
 
-    x_train, y_train, n_train = features(train["forget_train"], train["retain_train"], 0)
-    x_test, y_test, n_test = features(test["forget_test"], test["retain_test"], 2)
-    if len(set(y_train.tolist())) < 2 or len(set(y_test.tolist())) < 2:
-        raise ValueError(f"The probe needs forget and retained images in both splits; got train {n_train}, "
-                         f"test {n_test}.")
-    scaler = StandardScaler().fit(x_train)
-    probe = LogisticRegression(class_weight="balanced", max_iter=2000, random_state=seed)
-    probe.fit(scaler.transform(x_train), y_train)
-    scores = probe.decision_function(scaler.transform(x_test))
-    result = {
-        "balanced_accuracy": 100.0 * balanced_accuracy_score(y_test, (scores > 0).astype(np.int64)),
-        "auc": float(roc_auc_score(y_test, scores)),
-        "train_balanced_accuracy": 100.0 * balanced_accuracy_score(y_train, probe.predict(scaler.transform(x_train))),
-        "n_train": n_train,
-        "n_test": n_test,
-        "feature_dim": int(x_train.shape[1]),
-        "forget_classes": sorted(forget),
-    }
-    logger.info(f"Linear probe on penultimate features: balanced accuracy {result['balanced_accuracy']:.1f}% "
-                f"(chance 50), AUC {result['auc']:.3f}")
+    result = {"k": min(int((labels == c).sum()) for c in forget_classes), "forget_classes": forget_classes,
+              "forget_test_accuracy": accuracy(forget_test)}
+    if retain_test is not None:
+        result["retain_test_accuracy"] = accuracy(retain_test)
+    logger.info(f"Linear probe (k={result['k']}): A_Df {result['forget_test_accuracy']:.1f}%")
     return result
-

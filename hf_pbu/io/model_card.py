@@ -18,6 +18,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers.utils import logging
 
 from ..config import PBUConfig
+from ..evidence.suite import below_level, suite_rows
 from ..models import hub_model_id_of, resolve_model_id, specific_names
 from ..results import Measurement, UnlearningResults
 from ..stopping import STOP_RULES, stop_outcome
@@ -153,37 +154,15 @@ def results_table(results: UnlearningResults) -> list[dict]:
 
 
 def evidence_rows(evidence: dict | None) -> list[dict]:
-    """Rows {label, before, after} of the evidence table: the attacks and the linear probe, original model against
-    unlearned one, where they were run."""
-    rows = []
-    evidence = evidence or {}
-    prototype = evidence.get("prototype_attack")
-    if prototype:
-        rows.append({"label": f"Prototype attack: A_Df with the class's head row rebuilt from the mean feature of "
-                              f"{prototype['after']['images']} of its images, no training (%)",
-                     **{when: format_value(prototype[when]["forget_test_accuracy"]) for when in ("before", "after")}})
-    head = evidence.get("head_relearn_attack")
-    if head:
-        after = head["after"]
-        rows.append({"label": f"Head-only relearn attack: A_Df after fine-tuning the head alone {after['steps']} "
-                              f"steps on {after['k']} images per class (%)",
-                     **{when: format_value(head[when]["forget_test_accuracy"]) for when in ("before", "after")}})
-    probe = evidence.get("linear_probe")
-    if probe:
-        rows.append({"label": "Linear probe on the penultimate features: forgotten vs retained, balanced accuracy "
-                              "(%, chance 50)",
-                     **{when: format_value(probe[when]["balanced_accuracy"]) for when in ("before", "after")}})
-    for k, attack in (evidence.get("relearn_attack") or {}).items():
-        steps = attack["after"]["steps"]
-        rows.append({"label": f"Fine-tune relearn attack: A_Df after fine-tuning the whole model {steps} steps on {k} "
-                              "images per class (%)",
-                     **{when: format_value(attack[when]["forget_test_accuracy"]) for when in ("before", "after")}})
-    return rows
+    """Rows {label, reach, before, after} of the evidence table: each attack of the suite that was run
+    (`hf_pbu.evidence.suite_rows`), original model against unlearned one, figures formatted."""
+    return [{**row, "before": format_value(row["before"]), "after": format_value(row["after"])}
+            for row in suite_rows((evidence or {}).get("attacks") or {})]
 
 
 def confusion_text(confusion: dict[str, dict[str, float]]) -> dict[str, str]:
     """{forgotten class: "shirt 61.0%, pullover 20.0%, ..."}: where its test images are predicted, as Markdown
-    table cells (class names escaped: `hf_pbu.escaping.markdown_text`)."""
+    table cells (class names escaped: `hf_pbu.io.escaping.markdown_text`)."""
     return {markdown_text(name): ", ".join(f"{markdown_text(predicted)} {share:.1f}%"
                                            for predicted, share in shares.items()) or "n/a"
             for name, shares in confusion.items()}
@@ -365,6 +344,10 @@ def write_model_card(
         evidence=results.evidence or {},
         evidence_rows=evidence_rows(results.evidence),
         forgetting_level=(results.evidence or {}).get("forgetting_level"),
+        evidence_costly=config.evidence,
+        below_required_level=below_level((results.evidence or {}).get("forgetting_level"),
+                                         config.evidence_required_level),
+        required_level=config.evidence_required_level,
         confusion_after=confusion_text((results.evidence or {}).get("forget_confusion", {}).get("after", {})),
         has_mia=any(row["label"].startswith("MIA") for row in table),
         fisher_seconds=f"{results.fisher_seconds:.1f}",
