@@ -48,8 +48,10 @@ def forget_confusion(
 def chart_font_draws(texts: Sequence[str]) -> bool:
     """Whether the chart's font (matplotlib's default family, with its fallbacks) has a glyph for every character of
     `texts`: where it has not (CJK names in DejaVu Sans), matplotlib draws an empty box and warns."""
-    from matplotlib import font_manager
-
+    try:
+        from matplotlib import font_manager
+    except ImportError:  # the chart itself names the missing package
+        return True
     properties = font_manager.FontProperties()
     try:
         paths = font_manager.fontManager._find_fonts_by_props(properties)  # the family with its fallbacks
