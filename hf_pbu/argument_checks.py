@@ -63,6 +63,7 @@ RULES: dict[str, Rule] = {
     "stop_trigger_accuracy": PERCENT,
     "stop_plateau_tolerance": NON_NEGATIVE,
     "stop_plateau_patience": COUNT,
+    "retained_drop_warning": PERCENT,
     "learning_rate": POSITIVE,
     "per_device_train_batch_size": COUNT,
     "per_device_eval_batch_size": COUNT,

@@ -219,7 +219,21 @@ UNSUPPORTED_MODEL_TYPES = {
 }
 
 
-def _load_transformers(model_id: str, config: dict, revision: str | None, cache_dir: str | None) -> LoadedClassifier:
+TRUST_REMOTE_CODE_RISK = ("--trust_remote_code runs the Python code of the model's repository on this machine, with "
+                          "your permissions: pass it only for a repository whose code you have read and trust (pin "
+                          "its --revision).")
+
+
+def needs_remote_code(config: dict) -> bool:
+    """Whether a transformers config.json names its own classes (`auto_map`) for a `model_type` transformers does
+    not know: the model is built by the repository's own Python code."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    return bool(config.get("auto_map")) and config.get("model_type") not in CONFIG_MAPPING_NAMES
+
+
+def _load_transformers(model_id: str, config: dict, revision: str | None, cache_dir: str | None,
+                       trust_remote_code: bool = False) -> LoadedClassifier:
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
     model_type = config.get("model_type")
@@ -227,8 +241,13 @@ def _load_transformers(model_id: str, config: dict, revision: str | None, cache_
         raise ValueError(f"{model_id!r} (model_type {model_type!r}) cannot be unlearned by hf_pbu: "
                          f"{UNSUPPORTED_MODEL_TYPES[model_type]}. Pass an image classifier that takes pixel values "
                          "alone (ViT, ConvNeXt, ResNet, a timm model, ...).")
+    if needs_remote_code(config) and not trust_remote_code:
+        raise ValueError(f"{model_id!r} (model_type {model_type!r}) is built by custom code in its repository, which "
+                         f"is not run without --trust_remote_code. {TRUST_REMOTE_CODE_RISK}")
+    # Always passed (False included), so that transformers never asks on stdin whether to run the code.
+    loading = {"revision": revision, "cache_dir": cache_dir, "trust_remote_code": trust_remote_code}
     try:
-        model = AutoModelForImageClassification.from_pretrained(model_id, revision=revision, cache_dir=cache_dir)
+        model = AutoModelForImageClassification.from_pretrained(model_id, **loading)
     except ValueError as err:
         raise ValueError(
             f"{model_id!r} (model_type {config.get('model_type')!r}) is not an image classifier that "
@@ -236,7 +255,7 @@ def _load_transformers(model_id: str, config: dict, revision: str | None, cache_
             f"(ViT, ConvNeXt, ResNet, ...). ({str(err).splitlines()[0]})"
         ) from None
     try:
-        processor = AutoImageProcessor.from_pretrained(model_id, revision=revision, cache_dir=cache_dir)
+        processor = AutoImageProcessor.from_pretrained(model_id, **loading)
     except OSError as err:
         raise ValueError(
             f"{model_id!r} has no image processor config (preprocessor_config.json) giving its input size and "
@@ -264,11 +283,14 @@ def _transformers_in_chans(config) -> int:
     return int(input_size[0]) if input_size else 3
 
 
-def load_classifier(model_id: str, revision: str | None = None, cache_dir: str | None = None) -> LoadedClassifier:
+def load_classifier(model_id: str, revision: str | None = None, cache_dir: str | None = None,
+                    trust_remote_code: bool = False) -> LoadedClassifier:
     """Load an image classifier from the Hub or a local folder, whichever library it was saved with.
 
     Accepts Hub ids of either family (`timm/<arch>` resolves to timm's default pretrained tag), timm's own
-    `hf-hub:<repo>` and `local-dir:<folder>` names, and local folders holding a config.json.
+    `hf-hub:<repo>` and `local-dir:<folder>` names, and local folders holding a config.json. A transformers model
+    built by its repository's own code (`auto_map`) loads only with `trust_remote_code`, which runs that code (off
+    by default: refused with an error naming the flag, never a prompt on stdin).
     """
     if model_id.startswith(TIMM_PREFIXES):
         _, location, rev = parse_model_id(model_id)
@@ -281,7 +303,7 @@ def load_classifier(model_id: str, revision: str | None = None, cache_dir: str |
         is_dir = os.path.isdir(model_id)
         timm_id = f"local-dir:{model_id}" if is_dir else f"hf-hub:{model_id}" + (f"@{revision}" if revision else "")
         return _load_timm(timm_id, config, source=model_id, cache_dir=cache_dir)
-    return _load_transformers(model_id, config, revision, cache_dir)
+    return _load_transformers(model_id, config, revision, cache_dir, trust_remote_code)
 
 
 # Attributes that hold a transformers classifier's head, tried in order: `classifier` for most families,

@@ -57,8 +57,21 @@ class UnlearningResults:
     resumed_from_step: int | None = None  # the checkpoint's step, when the run resumed one
     resumed_seconds: float = 0.0  # the part of `unlearn_seconds` spent before that checkpoint
     stop_check_seconds: float = 0.0
+    # Retained classes whose test accuracy fell by more than `retained_drop_warning` points: {"id", "name",
+    # "before", "after"} each, the largest fall first (None: not measured).
+    collapsed_classes: list[dict[str, Any]] | None = None
+    retained_drop_warning: float | None = None
     evidence: dict[str, Any] | None = field(default=None)
     evidence_error: str | None = None  # the evidence step failed after the model was saved: why
+
+    def collapsed_text(self) -> str:
+        """The sentence naming the retained classes that lost more than `retained_drop_warning` points ("" if none)."""
+        if not self.collapsed_classes:
+            return ""
+        lost = ", ".join(f"{item['name']} {item['before']:.2f}% -> {item['after']:.2f}%"
+                         for item in self.collapsed_classes)
+        return (f"WARNING: {len(self.collapsed_classes)} retained class(es) lost more than "
+                f"{self.retained_drop_warning:g} points of test accuracy: {lost}.")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -103,6 +116,8 @@ class UnlearningResults:
         if self.eval_split and before.retain_test_accuracy is not None:
             rows.append(f"test sets: the {self.eval_split!r} split"
                         + (" (part held out)" if self.eval_holdout_fraction else ""))
+        if self.collapsed_classes:
+            rows.append(self.collapsed_text())
         from .evidence.suite import suite_rows  # the evidence package measures into these records: imported late
 
         evidence = self.evidence or {}

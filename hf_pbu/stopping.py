@@ -129,13 +129,14 @@ def not_forgotten_message(forget_train_accuracy: float, steps: int, budget: int,
             f"above stop_forget_accuracy={config.stop_forget_accuracy:g}%.")
     if stopped_at_step is None:
         fix = (f"the step budget ({budget} steps) ran out first; rerun with --max_steps {2 * max(budget, 1)} "
-               "(or more --num_train_epochs).")
+               "(or more --num_train_epochs)")
     elif config.resolved_stop_rule == "plateau":
         fix = (f"the objective stopped falling with the class still recognised; raise --alpha (the forget term's "
-               f"weight, now {config.alpha:g}) and rerun.")
+               f"weight, now {config.alpha:g}) and rerun")
     else:
-        fix = f"raise --alpha (now {config.alpha:g}) or --learning_rate (now {config.learning_rate:g}) and rerun."
-    return f"{what} The run ended because {fix}"
+        fix = f"raise --alpha (now {config.alpha:g}) or --learning_rate (now {config.learning_rate:g}) and rerun"
+    # A finished run's folder is not resumed (`hf_pbu.cli.preflight.check_not_finished`): the rerun needs its own.
+    return f"{what} The run ended because {fix} with a new --output_dir (this run's folder is complete)."
 
 
 @dataclass
@@ -188,7 +189,7 @@ class ForgetStopCallback(TrainerCallback, ExportableState):
         if self.stop.batch_signal > args.stop_trigger_accuracy or state.global_step < self.stop.next_check_step:
             return
         if self._confirm(args, state, control):
-            model = self.trainer.accelerator.unwrap_model(self.trainer.model)
+            model = self.trainer.unwrapped()
             self.passed_weights = [p.detach().clone() for p in model.parameters()]
         else:
             self.stop.failed_checks += 1
@@ -197,7 +198,7 @@ class ForgetStopCallback(TrainerCallback, ExportableState):
     @torch.no_grad()
     def on_optimizer_step(self, args: "PBUConfig", state, control, **kwargs):
         if self.passed_weights is not None:
-            model = self.trainer.accelerator.unwrap_model(self.trainer.model)
+            model = self.trainer.unwrapped()
             torch._foreach_copy_(list(model.parameters()), self.passed_weights)
             self.passed_weights = None
 
@@ -217,7 +218,7 @@ class ForgetStopCallback(TrainerCallback, ExportableState):
         if stop.plateau_sums[1] < len(self.trainer.train_dataset):
             return False
         trainer = self.trainer
-        penalty = trainer.penalty.value(trainer.accelerator.unwrap_model(trainer.model))[0].item()
+        penalty = trainer.penalty.value(trainer.unwrapped())[0].item()
         objective = stop.plateau_sums[0] / stop.plateau_sums[1] + penalty
         stop.plateau_history.append(objective)
         stop.plateau_sums = [0.0, 0.0]

@@ -59,6 +59,28 @@ class ForgetTrainMeasure:
     labels: torch.Tensor
 
 
+def enable_activation_checkpointing(model: nn.Module, checkpointing_kwargs: dict | None = None) -> None:
+    """Recompute activations in the backward pass instead of keeping them (`--gradient_checkpointing`): timm models
+    (also inside transformers' TimmWrapper) by `set_grad_checkpointing`, transformers models by
+    `gradient_checkpointing_enable` where they support it; the same arithmetic, so the same weights. Raises
+    `ValueError` for a model that has neither."""
+    inner = getattr(model, "module", model)
+    if isinstance(inner, PreTrainedModel):
+        if not inner.supports_gradient_checkpointing:
+            raise ValueError(f"--gradient_checkpointing: {type(inner).__name__} does not support gradient "
+                             "checkpointing in transformers. Run without it (lower --per_device_train_batch_size and "
+                             "raise --gradient_accumulation_steps to save memory).")
+        inner.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs=checkpointing_kwargs or {"use_reentrant": False})
+        return
+    timm_model = getattr(inner, "timm_model", inner)
+    if callable(getattr(timm_model, "set_grad_checkpointing", None)):
+        timm_model.set_grad_checkpointing(True)
+        return
+    raise ValueError(f"--gradient_checkpointing: {type(inner).__name__} has neither timm's `set_grad_checkpointing` "
+                     "nor transformers' `gradient_checkpointing_enable`. Run without it.")
+
+
 class ForgetRowsCallback(TrainerCallback):
     """Under forget_level "head" or "features", writes the refit forget rows into the head after every optimizer step
     (before the stop rule may undo the step, which then restores the head as it was)."""
@@ -123,6 +145,10 @@ class PBUTrainer(Trainer):
                 f"{len(train_dataset)} forget images, counted as for one process, and at least "
                 f"{args.min_step_budget}); the stop criterion usually ends the run first."
             )
+        if args.activation_checkpointing:  # `--gradient_checkpointing`, or its new name
+            enable_activation_checkpointing(model, args.activation_checkpointing_kwargs)
+            # Enabled here for either family: `Trainer` would call `gradient_checkpointing_enable`, which timm lacks.
+            args = dataclasses.replace(args, activation_checkpointing=False, gradient_checkpointing=False)
         super().__init__(model=model, args=args, train_dataset=train_dataset, **kwargs)
         self.loss_is_scaled_for_ga = False  # the loss is a per-batch mean: let Trainer divide by the GA steps
         self._metrics: dict[str, list[float]] = defaultdict(list)
@@ -152,6 +178,11 @@ class PBUTrainer(Trainer):
         self.add_callback(ForgetRowsCallback(self))
         self._stop_callback = ForgetStopCallback(self)
         self.add_callback(self._stop_callback)
+
+    def unwrapped(self, model: nn.Module | None = None) -> nn.Module:
+        """`model` (default: the trainer's) without its DDP and `torch.compile` wrappers: the module whose parameter
+        names the anchor, the Fisher and the forget rows are keyed by (`--torch_compile` prefixes them `_orig_mod.`)."""
+        return self.accelerator.unwrap_model(self.model if model is None else model, keep_torch_compile=False)
 
     @property
     def stop_rule(self) -> str:
@@ -192,7 +223,7 @@ class PBUTrainer(Trainer):
         in eval mode and the run's mixed precision (as TRL's `ref_model`)."""
         rows = self.args.refits_forget_rows
         if (self.forget_loss.needs_reference or rows) and self._reference is None:
-            self._reference = copy.deepcopy(self.accelerator.unwrap_model(self.model)).eval().requires_grad_(False)
+            self._reference = copy.deepcopy(self.unwrapped()).eval().requires_grad_(False)
         if (self.forget_loss.needs_forget_classes or rows) and self._forget_classes is None:
             classes = self._given_forget_classes or self._labels_of_forget_set()
             self._forget_classes = torch.tensor(sorted(set(classes)), dtype=torch.long, device=self.args.device)
@@ -308,7 +339,7 @@ class PBUTrainer(Trainer):
             self._check_finite_and_count(loss, forget_ce, logits, inputs["labels"])
             self._metrics["forget_ce"].append(forget_ce.item())
         else:
-            loss = loss + self.penalty.value(self.accelerator.unwrap_model(model))[0]
+            loss = loss + self.penalty.value(self.unwrapped(model))[0]
         return (loss, {"logits": logits}) if return_outputs else loss
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
@@ -334,7 +365,7 @@ class PBUTrainer(Trainer):
         if self.accelerator.sync_gradients:
             scaler = self.accelerator.scaler
             scaled = scaler is not None and scaler.is_enabled()
-            unwrapped = self.accelerator.unwrap_model(model)
+            unwrapped = self.unwrapped(model)
             self.penalty.add_gradient_(unwrapped, scaler.get_scale() if scaled else 1.0)
             if not scaled:
                 self._check_finite_gradients(unwrapped)
@@ -415,7 +446,7 @@ class PBUTrainer(Trainer):
             for capture in self._captures.values():
                 capture.remove()
             self._captures = {}
-        model = self.accelerator.unwrap_model(self.model)
+        model = self.unwrapped()
         stop = self.stop_state
         if not self.penalty.moved(model):
             if stop.stopped_at_step == 0:
@@ -455,7 +486,7 @@ class PBUTrainer(Trainer):
     def _keep_finite_weights(self) -> None:
         """After a non-finite failure: weights that are still finite are the last finite step's, kept; weights that
         went non-finite in an update (an overflow) are reset to the original theta*, with a warning."""
-        params = dict(self.accelerator.unwrap_model(self.model).named_parameters())
+        params = dict(self.unwrapped().named_parameters())
         anchors = self.penalty.anchors()
         if all(torch.isfinite(params[name]).all() for name in anchors):
             return
@@ -523,7 +554,7 @@ class PBUTrainer(Trainer):
         output_dir = output_dir or self.args.output_dir
         if not self.args.should_save:  # no file; only the collectives of a model sharded at load time
             return self._write_model(output_dir, state_dict)
-        model = self.accelerator.unwrap_model(self.model)
+        model = self.unwrapped()
         tensors = state_dict if state_dict is not None else model.state_dict()
         bad = [name for name, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
         if bad:
@@ -538,7 +569,7 @@ class PBUTrainer(Trainer):
         """transformers models (and plain modules) as `Trainer` saves them; timm models in timm's Hub layout
         (config.json with the pretrained config and class names, model.safetensors), which `timm.create_model`
         reloads and from which `Trainer` resumes alike (no pickled training_args.bin: the card lists the settings)."""
-        model = self.accelerator.unwrap_model(self.model)
+        model = self.unwrapped()
         if not hasattr(model, "pretrained_cfg"):  # transformers, or a plain nn.Module (its state dict)
             return super()._save(output_dir, state_dict)
         if self.args.should_save:
@@ -564,7 +595,7 @@ class PBUTrainer(Trainer):
         if self.unlearning_results is None:
             raise ValueError("The model card describes an unlearning run: call `train()` before `create_model_card()` "
                              "or `push_to_hub()`.")
-        model = self.accelerator.unwrap_model(self.model)
+        model = self.unwrapped()
         family = "transformers" if isinstance(model, PreTrainedModel) else "timm"
         base_model_id, base_model_name = base_model_of(model, self.base_model_id)
         if hub_dataset is None:
@@ -579,7 +610,7 @@ class PBUTrainer(Trainer):
     @property
     def known_class_names(self) -> list[str] | None:
         """The class names of the run (`class_names`), else the model's own; None when neither names its classes."""
-        return self.class_names or model_class_names(self.accelerator.unwrap_model(self.model))
+        return self.class_names or model_class_names(self.unwrapped())
 
     def base_card(self, base_model_id: str | None):
         """The base model's card (for its license), given or read once when first needed; None when there is none."""
@@ -619,7 +650,7 @@ class PBUTrainer(Trainer):
         over processes) and the stop rule's latest figures: the recent training batches' share of images the rule still
         counts (`stop_signal`: recognised, or with a forgotten class not last) and the whole forget set's accuracy."""
         if "loss" in logs:
-            weighted, squared = self.penalty.value(self.accelerator.unwrap_model(self.model))
+            weighted, squared = self.penalty.value(self.unwrapped())
             l2_term = self.args.gamma * squared.item()
             logs.update(
                 loss=logs["loss"] + weighted.item(), fisher_penalty=weighted.item() - l2_term, l2_penalty=l2_term

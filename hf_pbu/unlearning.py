@@ -5,6 +5,7 @@ import dataclasses
 import time
 from collections.abc import Sequence
 
+import torch
 from torch import nn
 from torch.utils.data import Dataset
 from transformers.utils import logging
@@ -12,6 +13,7 @@ from transformers.utils import logging
 from .config import PBUConfig
 from .evidence import collect_evidence
 from .evidence.measurement import measure
+from .evidence.per_class import per_class_accuracy
 from .models import num_classes
 from .results import Measurement, UnlearningResults
 from .trainer import PBUTrainer
@@ -42,6 +44,24 @@ def check_model_knows_forget_classes(before: Measurement, classes: int) -> None:
             f"{classes} classes). Check that the dataset is the one the model was trained on and that its labels "
             "match the model's label names (--match_labels_by_id takes the dataset's ids as the model's)."
         )
+
+
+def collapsed_classes(outputs_before: dict, outputs_after: dict, forget_classes: Sequence[int], names: Sequence[str],
+                      drop: float) -> list[dict] | None:
+    """The retained classes whose test accuracy (forget and retain test images together, in the model's ids) fell by
+    more than `drop` points, the largest fall first; None without test images."""
+    tests = [name for name in ("forget_test", "retain_test") if name in outputs_after and name in outputs_before]
+    if not tests:
+        return None
+    accuracy = {}
+    for when, outputs in (("before", outputs_before), ("after", outputs_after)):
+        logits, labels = (torch.cat(parts) for parts in zip(*(outputs[name] for name in tests)))
+        accuracy[when] = per_class_accuracy(logits, labels, len(names))
+    forget = {int(c) for c in forget_classes}
+    found = [{"id": c, "name": names[c], "before": before, "after": after}
+             for c, (before, after) in enumerate(zip(accuracy["before"], accuracy["after"]))
+             if c not in forget and before is not None and after is not None and before - after > drop]
+    return sorted(found, key=lambda item: (item["after"] - item["before"], item["id"]))
 
 
 def unlearn(
@@ -83,7 +103,7 @@ def unlearn(
 
     before, outputs_before = measure_now()
     check_model_knows_forget_classes(before, num_classes(trainer.model))
-    model = trainer.accelerator.unwrap_model(trainer.model)
+    model = trainer.unwrapped()
     original = copy.deepcopy(model) if trainer.is_world_process_zero() else None  # the attacks' "before" model
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     if save:  # the trained model is safe before anything optional runs
@@ -92,10 +112,16 @@ def unlearn(
     after, outputs_after = measure_now({"forget_train": (final.logits, final.labels)})
     results = dataclasses.replace(trainer.unlearning_results, before=before, after=after, eval_split=eval_split,
                                   eval_holdout_fraction=eval_holdout_fraction)
+    names = trainer.known_class_names or [str(c) for c in range(num_classes(model))]
+    results.retained_drop_warning = config.retained_drop_warning
+    results.collapsed_classes = collapsed_classes(outputs_before, outputs_after, forget_classes, names,
+                                                  config.retained_drop_warning)
+    if results.collapsed_classes and trainer.is_world_process_zero():
+        logger.warning(results.collapsed_text() + " Forgetting the class cost them: check the card's per-class chart, "
+                       "and rerun with a lower --learning_rate or --alpha into a new --output_dir.")
     trainer.unlearning_results = results
     if trainer.is_world_process_zero():
         start = time.perf_counter()
-        names = trainer.known_class_names or [str(c) for c in range(num_classes(model))]
         try:
             results.evidence = collect_evidence(
                 original, model, splits, {"before": outputs_before, "after": outputs_after}, list(forget_classes),

@@ -144,6 +144,7 @@ def test_a_checkpoint_without_its_signature_is_refused(tiny_imagefolder, tmp_pat
     except SystemExit as exit_info:
         assert "Not forgotten" in str(exit_info.code)
     (out / "checkpoint-1" / SIGNATURE_FILE).unlink()
+    (out / RESULTS_FILE).unlink()  # interrupted before its results: a finished run's folder is not resumed at all
     message = error_of(argv(tiny_imagefolder, out, "--resume_from_checkpoint", str(out / "checkpoint-1")))
     assert f"Cannot resume {out / 'checkpoint-1'}: it has no {SIGNATURE_FILE}" in message
 
@@ -276,7 +277,8 @@ def test_two_runs_on_one_folder_the_second_is_refused_with_the_holders_pid(
     with open(out / RESULTS_FILE) as f:
         first_results = json.load(f)  # the first run's, which ended normally (by its stop rule, within 8 steps)
     assert first_results["forgotten"] and first_results["steps"] <= 8
-    _script().main(argv(tiny_imagefolder, out))  # the lock is released with the run: the folder is free again
+    # The lock is released with the run: the folder is free again (here refused as finished, not as held).
+    assert "holds a finished run" in error_of(argv(tiny_imagefolder, out))
 
 
 def test_a_killed_runs_lock_does_not_block_the_next_run(tmp_path):

@@ -16,6 +16,7 @@ from test_unlearn_script import _script, offline  # noqa: F401  (fixture)
 
 from hf_pbu.cli.unlearn import parse
 from hf_pbu.config import RUN_ONLY_FIELDS, PBUConfig
+from hf_pbu.results import RESULTS_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("offline")  # the tiny Hub model from an HF cache, HF_HUB_OFFLINE=1
@@ -58,6 +59,7 @@ def test_a_resume_under_another_fisher_sample_size_is_refused(tiny_imagefolder, 
         _script().main(argv(tiny_imagefolder, out, "--max_steps", "1"))
     except SystemExit as exit_info:
         assert "Not forgotten" in str(exit_info.code)
+    (out / RESULTS_FILE).unlink()  # interrupted before its results: a finished run's folder is not resumed at all
     message = error_of(argv(tiny_imagefolder, out, "--max_steps", "1", "--fisher_max_samples", "5",
                             "--resume_from_checkpoint", str(out / "checkpoint-1")))
     assert f"Cannot resume {out / 'checkpoint-1'}" in message

@@ -1,7 +1,10 @@
 """Users' own data and models through `scripts/unlearn.py` (issue 18), one small fixture each, built here: phone
 photos stored sideways, 16-bit scans, a few dozen forget images with the defaults, a training script's
 `--remove_unused_columns True`, a failing evidence step, a run that did not forget, a head larger than the dataset, a
-timm model saved through transformers, multi-label and several label columns."""
+timm model saved through transformers, multi-label and several label columns; and (issue 25) the model's own folder
+as the output, string labels with a split lacking a class, `--gradient_checkpointing`, `--torch_compile`,
+`--trust_remote_code`, a rerun into a finished run's folder, class names the chart's font lacks, and a retained class
+wiped out."""
 
 import json
 import os
@@ -12,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY_CLASSES
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, List
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, List, Value
 from hub_fixtures import fit_to_digits
 from offline_data import digits_dataset
 from PIL import Image as PILImage
@@ -22,6 +25,7 @@ from transformers import AutoModelForImageClassification
 import hf_pbu.trainer
 import hf_pbu.unlearning
 from hf_pbu.evidence.measurement import accuracy
+from hf_pbu.io.escaping import markdown_text
 from hf_pbu.models import load_classifier, processor_transform
 from hf_pbu.results import RESULTS_FILE
 
@@ -328,3 +332,248 @@ def test_progress_bars_follow_disable_tqdm_and_cpu_runs_do_not_warn_about_pin_me
         PBUTrainer(model=TinyConvNet(3), args=args, train_dataset=forget).train()
     assert not [w for w in caught if "pin_memory" in str(w.message)]
     assert ("Fisher:" in capsys.readouterr().err) is not disable_tqdm
+
+
+# ------------------------------------------------------------------------------------------------------ issue 25
+
+def _files(folder) -> dict[str, bytes]:
+    """Every file under `folder` with its bytes."""
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def _weights(out) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(out / "model.safetensors"))
+
+
+def test_output_dir_that_is_the_models_own_folder_is_refused_and_the_model_kept(tiny_model_dirs, tiny_imagefolder,
+                                                                                tmp_path):
+    """`--model_id model_a --output_dir model_a` (also as timm's `local-dir:model_a`): refused before any work, with
+    one message, and every file of the original model untouched (no lock file, card or results written there)."""
+    model = tmp_path / "model_a"
+    shutil.copytree(tiny_model_dirs["timm"], model)
+    original = _files(model)
+    for model_id in (str(model), f"local-dir:{model}", os.path.relpath(model)):
+        message = _run(_args(model_id, tiny_imagefolder, model))
+        assert message is not None and "is the folder of the input model" in message, message
+        assert "Choose another --output_dir" in message
+        assert _files(model) == original
+
+
+def _string_label_dataset(folder) -> str:
+    """A saved dataset whose `label` column holds the class names as plain strings (no ClassLabel), and whose test
+    split has no image of the first class (digit_0): encoded split by split, its digit_1 would become id 0."""
+    data = digits_dataset()
+    splits = {}
+    for split, classes, count in (("train", (0, 1, 2), 12), ("test", (1, 2), 8)):
+        labels = np.asarray(data[split]["label"])
+        keep = np.concatenate([np.flatnonzero(labels == c)[:count] for c in classes]).tolist()
+        subset = data[split].select(keep)
+        splits[split] = Dataset.from_dict({"image": subset["image"], "label": [TINY_CLASSES[y] for y in
+                                                                              subset["label"]]},
+                                          features=Features({"image": Image(), "label": Value("string")}))
+    DatasetDict(splits).save_to_disk(str(folder))
+    return str(folder)
+
+
+def _predicted_names(loaded, images) -> list[str]:
+    with torch.no_grad():
+        batch = torch.stack([loaded.transform(image.convert("RGB")) for image in images])
+        return [loaded.label_names[i] for i in loaded.model.eval()(batch).argmax(-1).tolist()]
+
+
+def test_string_labels_with_a_split_lacking_a_class_forget_the_named_class(tiny_model_dirs, tmp_path):
+    """String labels and a test split without one class: one mapping for every split, so the run forgets digit_1
+    on the images labelled "digit_1", and its figures are those images' own: read back independently, with the labels
+    as the strings they are, the original and the unlearned model score on each class what the results say."""
+    from datasets import load_from_disk
+
+    data = _string_label_dataset(tmp_path / "strings")
+    out = tmp_path / "out"
+    assert _run(["--model_id", tiny_model_dirs["timm"], "--dataset_name", data, "--forget_class", FORGET,
+                 "--output_dir", str(out), *FAST]) is None
+    results = _results(out)
+    assert results["forget_classes"] == [TINY_CLASSES.index(FORGET)]
+    assert results["before"]["forget_test_accuracy"] >= 90 and results["after"]["forget_test_accuracy"] <= 25
+    assert results["before"]["retain_test_accuracy"] >= 90 and results["forgotten"]
+    test = load_from_disk(data)["test"]
+    assert isinstance(test.features["label"], Value)  # read back as strings
+    unlearned, original = load_classifier(str(out)), load_classifier(tiny_model_dirs["timm"])
+    for name, key in ((FORGET, "forget_test_accuracy"), ("digit_2", "retain_test_accuracy")):
+        images = [row["image"] for row in test if row["label"] == name]
+        for loaded, when in ((original, "before"), (unlearned, "after")):
+            share = 100 * np.mean([p == name for p in _predicted_names(loaded, images)])
+            assert share == pytest.approx(results[when][key]), (name, when)  # the figures are the images' own
+    assert results["after"]["forget_test_accuracy"] <= 25  # forgotten on the images labelled "digit_1"
+
+
+def test_gradient_checkpointing_gives_the_same_model_or_one_error(tiny_model_dirs, tiny_imagefolder, tmp_path):
+    """`--gradient_checkpointing` on a timm model (`set_grad_checkpointing`): the run finishes with the very weights
+    of a run without it. A transformers model that does not support it: one error line naming the flag."""
+    plain, checkpointed = tmp_path / "plain", tmp_path / "checkpointed"
+    assert _run(_args(tiny_model_dirs["timm"], tiny_imagefolder, plain)) is None
+    assert _run(_args(tiny_model_dirs["timm"], tiny_imagefolder, checkpointed, "--gradient_checkpointing",
+                      "true")) is None
+    expected, found = _weights(plain), _weights(checkpointed)
+    assert expected.keys() == found.keys()
+    assert all(torch.equal(expected[name], found[name]) for name in expected)  # bit-identical
+    assert _results(checkpointed)["steps"] == _results(plain)["steps"] and _results(checkpointed)["forgotten"]
+    message = _run(_args(tiny_model_dirs["transformers"], tiny_imagefolder, tmp_path / "resnet",
+                         "--gradient_checkpointing", "true"))
+    assert message is not None and "\n" not in message
+    assert "--gradient_checkpointing: ResNetForImageClassification does not support" in message
+
+
+@pytest.mark.slow  # torch.compile builds its kernels with the C compiler: minutes on a CPU
+def test_torch_compile_gives_the_same_model(tiny_model_dirs, tiny_imagefolder, tmp_path):
+    """`--torch_compile`: the anchor, the Fisher and the forget rows are keyed by the unwrapped model's parameter
+    names, so the run finishes, with the weights of a run without it to float tolerance."""
+    plain, compiled = tmp_path / "plain", tmp_path / "compiled"
+    assert _run(_args(tiny_model_dirs["timm"], tiny_imagefolder, plain)) is None
+    assert _run(_args(tiny_model_dirs["timm"], tiny_imagefolder, compiled, "--torch_compile", "true")) is None
+    expected, found = _weights(plain), _weights(compiled)
+    assert expected.keys() == found.keys()  # saved under the model's own names, no `_orig_mod.`
+    for name in expected:
+        torch.testing.assert_close(found[name], expected[name], rtol=1e-3, atol=1e-4, msg=name)
+    assert _results(compiled)["forgotten"]
+
+
+CUSTOM_MODELING = '''
+from transformers import ResNetConfig, ResNetForImageClassification
+
+
+class TinyCustomConfig(ResNetConfig):
+    model_type = "tiny_custom_resnet"
+
+
+class TinyCustomForImageClassification(ResNetForImageClassification):
+    config_class = TinyCustomConfig
+'''
+
+
+def test_trust_remote_code_is_a_flag_off_by_default(tiny_model_dirs, tiny_imagefolder, tmp_path, monkeypatch):
+    """A model built by its repository's own code (`auto_map`): without `--trust_remote_code`, one error naming the
+    flag and its risk, and nothing read from stdin; with it, the run loads the model and forgets."""
+    import builtins
+
+    import transformers.dynamic_module_utils
+
+    def no_prompt(*args, **kwargs):
+        raise AssertionError("the run asked on stdin")
+
+    monkeypatch.setattr(builtins, "input", no_prompt)
+    monkeypatch.setattr(transformers.dynamic_module_utils, "HF_MODULES_CACHE", str(tmp_path / "modules"))
+    custom = tmp_path / "custom"
+    shutil.copytree(tiny_model_dirs["transformers"], custom)
+    (custom / "modeling_tiny_custom.py").write_text(CUSTOM_MODELING)
+    config = json.loads((custom / "config.json").read_text())
+    config.update(model_type="tiny_custom_resnet", architectures=["TinyCustomForImageClassification"], auto_map={
+        "AutoConfig": "modeling_tiny_custom.TinyCustomConfig",
+        "AutoModelForImageClassification": "modeling_tiny_custom.TinyCustomForImageClassification"})
+    (custom / "config.json").write_text(json.dumps(config))
+    message = _run(_args(str(custom), tiny_imagefolder, tmp_path / "refused"))
+    assert message is not None and "is built by custom code in its repository" in message
+    assert "--trust_remote_code" in message and "only for a repository whose code you have read" in message
+    out = tmp_path / "out"
+    assert _run(_args(str(custom), tiny_imagefolder, out, "--trust_remote_code", "true")) is None
+    assert _results(out)["forgotten"]
+    assert json.loads((out / "config.json").read_text())["model_type"] == "tiny_custom_resnet"
+
+
+def test_a_finished_runs_folder_is_not_resumed_and_changed_settings_are_refused(tiny_model_dirs, tiny_imagefolder,
+                                                                                tmp_path):
+    """Rerunning the same command with another `--learning_rate` into a finished run's folder: refused, the run's
+    files untouched (its card never states a rate it did not use). An interrupted run's checkpoint resumed under a
+    changed training value (learning rate, batch size, schedule): refused, naming the value."""
+    out = tmp_path / "out"
+    argv = _args(tiny_model_dirs["timm"], tiny_imagefolder, out)
+    assert _run(argv) is None
+    finished = _files(out)
+    rerun = list(argv)
+    rerun[rerun.index("--learning_rate") + 1] = "2e-3"
+    message = _run(rerun)
+    assert message is not None and "holds a finished run" in message and "choose another --output_dir" in message
+    assert _files(out) == finished
+    assert "| Optimizer / learning rate | adamw_torch_fused / 0.001 " in (out / "README.md").read_text()
+    # Interrupted before its results were written: its last checkpoint is resumed only at the same settings.
+    (out / RESULTS_FILE).unlink()
+    (out / "README.md").unlink()
+    assert list(out.glob("checkpoint-*"))
+    for flag, value, setting in (("--learning_rate", "2e-3", "settings.learning_rate: 0.001 in the checkpoint, "
+                                  "0.002 now"),
+                                 ("--per_device_train_batch_size", "4", "settings.per_device_train_batch_size: 8 in "
+                                  "the checkpoint, 4 now"),
+                                 ("--lr_scheduler_type", "linear", "settings.lr_scheduler_type: 'constant' in the "
+                                  "checkpoint, 'linear' now")):
+        changed = list(argv)
+        if flag in changed:
+            changed[changed.index(flag) + 1] = value
+        else:
+            changed += [flag, value]
+        message = _run(changed)
+        assert message is not None and message.startswith("error: Cannot resume"), message
+        assert setting in message, message
+        assert not (out / RESULTS_FILE).exists()
+
+
+def test_class_names_the_charts_font_lacks_go_on_the_axis_as_ids(tiny_model_dirs, tiny_imagefolder, tmp_path):
+    """Non-Latin class names (猫): the chart's font (DejaVu Sans) has no glyph for them, so the axis shows class ids
+    and the card lists the names; no "Glyph missing" warning. Latin names stay on the axis."""
+    import warnings
+
+    from hf_pbu.evidence.per_class import chart_font_draws
+
+    names = ["猫", "犬", "鳥"]
+    model = tmp_path / "cjk_model"
+    shutil.copytree(tiny_model_dirs["timm"], model)
+    config = json.loads((model / "config.json").read_text())
+    config["label_names"] = names
+    config["pretrained_cfg"]["label_names"] = names
+    (model / "config.json").write_text(json.dumps(config, ensure_ascii=False))
+    data = tmp_path / "cjk_data"
+    for split in ("train", "test"):
+        for old, new in zip(TINY_CLASSES, names):
+            shutil.copytree(os.path.join(tiny_imagefolder, split, old), data / split / new)
+    out = tmp_path / "out"
+    argv = _args(str(model), str(data), out)
+    argv[argv.index("--forget_class") + 1] = "犬"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert _run(argv) is None
+    assert not [w for w in caught if "Glyph" in str(w.message)]
+    results = _results(out)
+    assert results["forgotten"] and results["evidence"]["chart_class_ids"] == [0, 1, 2]
+    assert (out / "per_class_accuracy.png").stat().st_size > 0
+    card = (out / "README.md").read_text()
+    assert "The chart's axis shows class ids" in card
+    assert all(f"| {i} | {name} |" in card for i, name in enumerate(names))
+    assert chart_font_draws(["digit_1", "café", "a/b|c*[d]"]) and not chart_font_draws(["猫"])
+
+
+def test_a_retained_class_wiped_out_is_named_in_the_log_card_and_results(tiny_model_dirs, tiny_imagefolder,
+                                                                         tmp_path, caplog):
+    """Forgetting digit_1 with the unbounded -CE at a high rate until the plateau takes digit_2 to 0%: the log, the
+    card and `unlearning_results.json` name it (threshold `--retained_drop_warning`, 5 points), the run still exits
+    0; with a threshold above the fall nothing is named."""
+    argv = _args(tiny_model_dirs["timm"], tiny_imagefolder, tmp_path / "out", "--forget_loss", "neg_ce",
+                 "--forget_level", "output", "--stop_rule", "plateau")
+    argv[argv.index("--learning_rate") + 1] = "1e-2"
+    assert _run(argv) is None
+    results = _results(tmp_path / "out")
+    collapsed = results["collapsed_classes"]
+    assert collapsed and results["retained_drop_warning"] == 5
+    assert all(item["before"] - item["after"] > 5 and item["id"] != 1 for item in collapsed)
+    per_class = results["evidence"]["per_class_accuracy"]
+    assert [item["id"] for item in collapsed] == [c for c in (0, 2) if per_class["before"][c] - per_class["after"][c]
+                                                  > 5]
+    worst = collapsed[0]
+    assert f"retained class(es) lost more than 5 points of test accuracy: {worst['name']}" in caplog.text
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "**Retained classes lost accuracy.**" in card
+    assert f"{markdown_text(worst['name'])} (id {worst['id']})" in card
+    drop = worst["before"] - worst["after"]
+    argv[argv.index("--output_dir") + 1] = str(tmp_path / "loose")
+    assert _run([*argv, "--retained_drop_warning", f"{min(drop + 1, 100):g}"]) is None
+    assert [item["id"] for item in _results(tmp_path / "loose")["collapsed_classes"]] == [
+        item["id"] for item in collapsed if item["before"] - item["after"] > min(drop + 1, 100)]

@@ -15,6 +15,14 @@ class ModelArguments:
     )
     revision: str | None = field(default=None, metadata={"help": "Branch, tag or commit of the model on the Hub."})
     cache_dir: str | None = field(default=None, metadata={"help": "Where Hub downloads (model and data) are cached."})
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={
+            "help": "Load a transformers model built by its repository's own code (`auto_map` in its config.json), "
+            "as transformers' example scripts do. Off by default. This runs that repository's Python code on this "
+            "machine with your permissions: pass it only for code you have read and trust, at a pinned --revision."
+        },
+    )
 
 
 @dataclass

@@ -2,9 +2,10 @@
 
 (Bad values are refused earlier, when the arguments are parsed: `hf_pbu.argument_checks`.) The output folder must
 be a writable folder, `--push_to_hub` needs a token, the Hub online and a valid repository id,
-`--resume_from_checkpoint` must name a complete checkpoint, and no other run may be writing to the same output
-folder: its lock is taken here and held for the whole run (`hf_pbu.io.output_lock`). The checkpoint to resume is
-resolved here, once.
+`--resume_from_checkpoint` must name a complete checkpoint, the output folder must not be the input model's own folder
+(the run would write over the model it unlearns) nor hold a finished run (its results would be overwritten, or its
+last checkpoint resumed under other settings), and no other run may be writing to the same output folder: its lock
+is taken here and held for the whole run (`hf_pbu.io.output_lock`). The checkpoint to resume is resolved here, once.
 """
 
 import contextlib
@@ -23,6 +24,8 @@ from ..io.checkpoints import checkpoint_to_resume, last_complete_checkpoint
 from ..io.model_card import hub_repo_id
 from ..io.output_lock import OutputFolderInUseError, OutputFolderLock
 from ..io.publish import TOKEN_FIX
+from ..models import parse_model_id
+from ..results import RESULTS_FILE
 
 logger = logging.get_logger(__name__)
 
@@ -39,6 +42,29 @@ def check_output_dir(output_dir: str) -> None:
     except OSError as err:
         raise ValueError(f"--output_dir {path} is not writable ({err.strerror or err}): choose another --output_dir "
                          "or make it writable.") from None
+
+
+def check_output_is_not_the_model(output_dir: str, model_id: str | None) -> None:
+    """The output folder is not the folder the model is loaded from (`--model_id model_a`, `local-dir:model_a`): the
+    unlearned weights, card and results would replace the user's original model."""
+    if model_id is None:
+        return
+    kind, location, _ = parse_model_id(model_id)
+    if kind != "local-dir" or not os.path.isdir(location) or not os.path.isdir(output_dir):
+        return
+    if os.path.samefile(location, output_dir):
+        raise ValueError(f"--output_dir {os.path.abspath(output_dir)} is the folder of the input model "
+                         f"(--model_id {model_id}): the run would write the unlearned model over the original one. "
+                         "Choose another --output_dir.")
+
+
+def check_not_finished(output_dir: str) -> None:
+    """The output folder holds no finished run (its `unlearning_results.json`, written last): a rerun would overwrite
+    it, or resume its last checkpoint although the run is complete (at the old settings, whatever the new ones say)."""
+    if os.path.isfile(os.path.join(output_dir, RESULTS_FILE)):
+        raise ValueError(f"--output_dir {os.path.abspath(output_dir)} holds a finished run (its unlearned model and "
+                         f"{RESULTS_FILE}): it is complete and is not resumed. To run again (for instance with another "
+                         "value of a flag), choose another --output_dir, or remove that folder.")
 
 
 def check_push_prerequisites(config: PBUConfig) -> None:
@@ -73,7 +99,9 @@ def checkpoint_to_carry_on(config: PBUConfig) -> str | None:
     return last
 
 
-def _check_and_lock(config: PBUConfig) -> tuple[OutputFolderLock, str | None]:
+def _check_and_lock(config: PBUConfig, model_id: str | None) -> tuple[OutputFolderLock, str | None]:
+    check_output_is_not_the_model(config.output_dir, model_id)
+    check_not_finished(config.output_dir)
     check_push_prerequisites(config)
     check_output_dir(config.output_dir)
     checkpoint = checkpoint_to_carry_on(config)
@@ -81,14 +109,15 @@ def _check_and_lock(config: PBUConfig) -> tuple[OutputFolderLock, str | None]:
 
 
 @contextlib.contextmanager
-def preflight(config: PBUConfig) -> Iterator[str | None]:
+def preflight(config: PBUConfig, model_id: str | None = None) -> Iterator[str | None]:
     """Run the checks on the main process (the others get its verdict, so that all stop together), hold the output
     folder's lock until the block ends, and give every process the checkpoint to resume (`checkpoint_to_carry_on`),
-    resolved once. Raises `ValueError` or `OutputFolderInUseError`."""
+    resolved once. `model_id`: the model the run loads, whose folder must not be the output folder. Raises
+    `ValueError` or `OutputFolderInUseError`."""
     lock, error, checkpoint = None, None, None
     if config.process_index == 0:
         try:
-            lock, checkpoint = _check_and_lock(config)
+            lock, checkpoint = _check_and_lock(config, model_id)
         except (ValueError, OutputFolderInUseError) as err:
             error = err
     if config.world_size > 1:

@@ -59,7 +59,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, config: PBUConfig)
     logging.set_verbosity(log_level)
     pylogging.basicConfig(format="%(levelname)s - %(name)s - %(message)s", handlers=[pylogging.StreamHandler()])
     pylogging.getLogger("hf_pbu").setLevel(log_level)
-    with preflight(config) as checkpoint:
+    with preflight(config, model_args.model_id) as checkpoint:
         unlearn_and_save(model_args, data_args, config, checkpoint)
 
 
@@ -67,7 +67,8 @@ def unlearn_and_save(model_args: ModelArguments, data_args: DataArguments, confi
                      checkpoint: str | None = None) -> None:
     """Load, unlearn and measure, write the model, its card and results once (`hf_pbu.unlearning.unlearn`), print
     the outcome and, if the run did its job, upload the folder; resume `checkpoint` if given."""
-    loaded = load_classifier(model_args.model_id, model_args.revision, model_args.cache_dir)
+    loaded = load_classifier(model_args.model_id, model_args.revision, model_args.cache_dir,
+                             model_args.trust_remote_code)
     base_card = load_base_card(loaded.source)
     if data_args.dataset_name is None and data_args.dataset_dir is None and data_args.forget_dir is None:
         named = card_datasets(base_card)

@@ -121,15 +121,19 @@ def detect_columns(
 
 
 def _encode_labels(data: DatasetDict, label_column: str) -> DatasetDict:
-    """Make the label column a ClassLabel: integer ids keep their values (names "0", "1", ...), strings are
-    encoded in sorted order."""
+    """Make the label column a ClassLabel, with one mapping for every split: integer ids keep their values (names
+    "0", "1", ...), strings are encoded in the sorted order of the union of every split's strings. (Each split
+    encoded on its own, as `DatasetDict.class_encode_column` does, shifts the ids of a split that lacks a class: its
+    "cherry" would be another split's "banana".)"""
     feature = data["train"].features[label_column]
     if isinstance(feature, ClassLabel):
         return data
     if isinstance(feature, Value) and feature.dtype.startswith("int"):
         count = 1 + max(int(np.max(split[label_column])) for split in data.values() if len(split))
         return data.cast_column(label_column, ClassLabel(names=[str(i) for i in range(count)]))
-    return data.class_encode_column(label_column)
+    names = sorted({str(value) for split in data.values() for value in split.unique(label_column)
+                    if value is not None})
+    return data.cast_column(label_column, ClassLabel(names=names))
 
 
 def choose_eval_split(available: Sequence[str], train_split: str, eval_split: str | None,

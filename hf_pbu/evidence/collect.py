@@ -15,7 +15,13 @@ from torch import nn
 from torch.utils.data import Dataset
 from transformers.utils import logging
 
-from .per_class import forget_confusion, per_class_accuracy, plot_per_class_accuracy
+from .per_class import (
+    chart_class_ids,
+    chart_font_draws,
+    forget_confusion,
+    per_class_accuracy,
+    plot_per_class_accuracy,
+)
 from .suite import forgetting_level, run_suite
 
 logger = logging.get_logger(__name__)
@@ -54,9 +60,13 @@ def collect_evidence(
         evidence.update(per_class_accuracy=per_class, forget_confusion=confusion)
         if output_dir is not None:
             os.makedirs(output_dir, exist_ok=True)
+            shown = chart_class_ids(per_class["before"], per_class["after"], names, forget_classes)
+            by_id = not chart_font_draws([names[c] for c in shown])  # then ids on the axis, names in the card
             plot_per_class_accuracy(per_class["before"], per_class["after"], names, forget_classes,
-                                    os.path.join(output_dir, CHART_FILE))
+                                    os.path.join(output_dir, CHART_FILE), by_id=by_id)
             evidence["chart"] = CHART_FILE
+            if by_id:
+                evidence["chart_class_ids"] = shown
     needed = ("forget_train", "retain_train", "forget_test", "retain_test")
     if not all(name in splits and len(splits[name]) for name in needed):
         logger.warning("The attacks need retained training and test images: skipped.")

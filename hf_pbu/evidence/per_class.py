@@ -45,6 +45,40 @@ def forget_confusion(
     return result
 
 
+def chart_font_draws(texts: Sequence[str]) -> bool:
+    """Whether the chart's font (matplotlib's default family, with its fallbacks) has a glyph for every character of
+    `texts`: where it has not (CJK names in DejaVu Sans), matplotlib draws an empty box and warns."""
+    try:
+        from matplotlib import font_manager
+    except ImportError:  # the chart itself names the missing package
+        return True
+    properties = font_manager.FontProperties()
+    try:
+        paths = font_manager.fontManager._find_fonts_by_props(properties)  # the family with its fallbacks
+    except Exception:  # a private helper: its single-font equivalent otherwise
+        paths = [font_manager.findfont(properties)]
+    covered: set[int] = set()
+    for path in paths:
+        covered.update(font_manager.get_font(path).get_charmap())
+    return all(ord(ch) in covered for text in texts for ch in chart_label(text) if not ch.isspace())
+
+
+def chart_class_ids(before: Sequence[float | None], after: Sequence[float | None], names: Sequence[str],
+                    forget_classes: Sequence[int], max_classes: int = 40) -> list[int]:
+    """The classes the chart shows: all of them, or, beyond `max_classes`, the forget classes and the classes whose
+    accuracy changed most."""
+    def value(v: float | None) -> float:
+        return math.nan if v is None else float(v)
+
+    forget = [int(c) for c in forget_classes]
+    shown = list(range(len(names)))
+    if len(shown) > max_classes:
+        change = {c: abs(value(after[c]) - value(before[c])) for c in shown if c not in forget}
+        ranked = sorted(change, key=lambda c: -(change[c] if not math.isnan(change[c]) else -1.0))
+        shown = sorted(forget + ranked[: max(0, max_classes - len(forget))])
+    return shown
+
+
 def plot_per_class_accuracy(
     before: Sequence[float | None],
     after: Sequence[float | None],
@@ -53,11 +87,14 @@ def plot_per_class_accuracy(
     path: str,
     title: str = "Per-class test accuracy before and after unlearning",
     max_classes: int = 40,
+    by_id: bool | None = None,
 ) -> str:
     """Write a PNG bar chart of each class's accuracy before and after, the forget classes highlighted; returns
     `path`. With more than `max_classes` classes it shows the forget classes and the classes whose accuracy
     changed most, so that the chart stays readable for ImageNet-size heads. Class names are drawn as plain text
-    (no mathtext or TeX: a `$` or `^` in a name is a character), and the file is written whole or not at all."""
+    (no mathtext or TeX: a `$` or `^` in a name is a character); `by_id` labels the axis with class ids instead
+    (None: when the font cannot draw every shown name, `chart_font_draws`; the card then lists the names). The file
+    is written whole or not at all."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -68,12 +105,12 @@ def plot_per_class_accuracy(
         return math.nan if v is None else float(v)
 
     forget = [int(c) for c in forget_classes]
-    shown = list(range(len(names)))
-    if len(shown) > max_classes:
-        change = {c: abs(value(after[c]) - value(before[c])) for c in shown if c not in forget}
-        ranked = sorted(change, key=lambda c: -(change[c] if not math.isnan(change[c]) else -1.0))
-        shown = sorted(forget + ranked[: max(0, max_classes - len(forget))])
+    shown = chart_class_ids(before, after, names, forget, max_classes)
+    if len(shown) < len(names):
         title += f" ({len(shown)} of {len(names)} classes: the forgotten ones and the largest changes)"
+    if by_id is None:
+        by_id = not chart_font_draws([names[c] for c in shown])
+    labels = [str(c) if by_id else chart_label(names[c]) for c in shown]
 
     x = np.arange(len(shown))
     width = 0.4
@@ -86,7 +123,7 @@ def plot_per_class_accuracy(
     for i, c in enumerate(shown):
         if c in forget:
             axes.axvspan(i - 0.5, i + 0.5, color="#d62728", alpha=0.08, linewidth=0)
-    axes.set_xticks(x, [chart_label(names[c]) for c in shown], rotation=45 if len(shown) > 8 else 0, ha="right"
+    axes.set_xticks(x, labels, rotation=45 if len(shown) > 8 else 0, ha="right"
                     if len(shown) > 8 else "center", parse_math=False, usetex=False)
     for label, c in zip(axes.get_xticklabels(), shown):
         if c in forget:
@@ -94,6 +131,8 @@ def plot_per_class_accuracy(
             label.set_fontweight("bold")
     axes.set_ylim(0, 119)
     axes.set_ylabel("test accuracy (%)")
+    if by_id:
+        axes.set_xlabel("class id (names in the model card)")
     axes.set_title(title, fontsize=10)
     from matplotlib.patches import Patch
 

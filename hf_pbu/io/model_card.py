@@ -168,6 +168,13 @@ def confusion_text(confusion: dict[str, dict[str, float]]) -> dict[str, str]:
             for name, shares in confusion.items()}
 
 
+def chart_classes(evidence: dict | None, names: list[str]) -> list[dict]:
+    """Rows {id, name} for the classes of the per-class chart when its axis shows class ids (names the chart's font
+    cannot draw, `hf_pbu.evidence.per_class`); none otherwise."""
+    ids = (evidence or {}).get("chart_class_ids") or []
+    return [{"id": c, "name": markdown_text(names[c]) if 0 <= c < len(names) else "(unnamed)"} for c in ids]
+
+
 def compute_notes(results: UnlearningResults) -> tuple[str, str]:
     """What the card's Fisher and unlearning times cover, when not just this process's work."""
     fisher = {
@@ -315,6 +322,8 @@ def write_model_card(
         {"id": c, "name": markdown_text(names[c]) if 0 <= c < len(names) else "(unnamed)"}
         for c in results.forget_classes
     ]
+    collapsed = [{**item, "name": markdown_text(item["name"]), "before": format_value(item["before"]),
+                  "after": format_value(item["after"])} for item in results.collapsed_classes or []]
     fisher_note, unlearn_note = compute_notes(results)
     # User data (class, folder, dataset and split names) is escaped for where it lands: text, code span, string.
     card = ModelCard.from_template(
@@ -337,6 +346,9 @@ def write_model_card(
         not_forgotten=results.forgotten is False,
         final_forget_accuracy=format_value(results.after.forget_train_accuracy if results.after else None),
         evidence_error=results.evidence_error,
+        collapsed=collapsed,
+        retained_drop_warning=f"{results.retained_drop_warning:g}" if results.retained_drop_warning is not None else "",
+        chart_classes=chart_classes(results.evidence, names),
         steps=results.steps,
         stop_forget_accuracy=f"{config.stop_forget_accuracy:g}",
         forget_loss_note=forget_loss_note(config),
