@@ -33,11 +33,16 @@ class SameModelArguments:
 
 
 def run_demo(checkout: Path, output_dir: Path, args: SameModelArguments) -> None:
-    """The demo's unlearning command, run by `checkout`'s own code."""
+    """The demo's unlearning command, run by `checkout`'s own code. A run that fails at its job after training (a
+    verdict, not a crash) still saves its model, which is what is compared; one that saves none is an error."""
     command = [sys.executable, str(checkout / "scripts" / "unlearn.py"), "--model_id", str(ROOT / args.model_dir),
                "--dataset_name", str(ROOT / args.dataset_dir), "--output_dir", str(output_dir), *DEMO_FLAGS]
     env = {**os.environ, "PYTHONPATH": str(checkout), "HF_HUB_OFFLINE": "1"}
-    subprocess.run(command, cwd=checkout, env=env, check=True, capture_output=True)
+    run = subprocess.run(command, cwd=checkout, env=env, check=False, capture_output=True, text=True)
+    if not (output_dir / "model.safetensors").is_file():
+        raise SystemExit(f"The demo run of {checkout} saved no model (exit {run.returncode}):\n{run.stderr[-3000:]}")
+    if run.returncode:
+        print(f"The demo run of {checkout} exited {run.returncode}: {run.stderr.strip().splitlines()[-1][:400]}")
 
 
 def differences(a: Path, b: Path) -> list[str]:
