@@ -174,6 +174,43 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(
     assert_same_outcome(out, reference_run(tiny_imagefolder, tmp_path_factory))
 
 
+def test_a_full_disk_inside_torch_save_whatever_its_wording_gives_the_full_disk_message(
+    tiny_imagefolder, tmp_path, tmp_path_factory, monkeypatch
+):
+    """torch.save's C++ writer reports a full disk as a RuntimeError ("unexpected pos"), with no errno: the
+    filesystem's free space (0 once it filled) makes it a full disk, not a traceback."""
+    out = tmp_path / "out"
+    save, disk_usage = torch.save, shutil.disk_usage
+    full = []
+
+    def disk_fills_at_checkpoint_3(obj, f, *args, **kwargs):
+        if str(f).endswith(os.path.join("checkpoint-3", "optimizer.pt")):
+            with open(f, "wb") as partial:
+                partial.write(b"\0" * 4096)  # what fitted
+            full.append(True)
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+        return save(obj, f, *args, **kwargs)
+
+    def usage(path):
+        real = disk_usage(path)
+        return real._replace(used=real.total, free=0) if full else real
+
+    monkeypatch.setattr(torch, "save", disk_fills_at_checkpoint_3)
+    monkeypatch.setattr(shutil, "disk_usage", usage)
+    message = error_of(argv(tiny_imagefolder, out))
+    monkeypatch.setattr(torch, "save", save)
+    monkeypatch.setattr(shutil, "disk_usage", disk_usage)
+
+    assert message == (f"error: Could not write checkpoint-3 to {out} (the disk is full); everything it holds is "
+                       "complete: checkpoint-2. Free some space (or choose another folder) and run the same command "
+                       "again.")
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert not (out / WORK_DIR).exists()
+    assert_no_empty_or_temporary_files(out)
+    _script().main(argv(tiny_imagefolder, out))
+    assert_same_outcome(out, reference_run(tiny_imagefolder, tmp_path_factory))
+
+
 @contextlib.contextmanager
 def file_size_limit(limit: int) -> Iterator[None]:
     """This process may not write files beyond `limit` bytes (RLIMIT_FSIZE, enforced by the kernel like a full
@@ -202,6 +239,22 @@ def test_a_full_disk_at_the_final_save_names_the_folder_and_leaves_no_broken_fil
     assert_no_empty_or_temporary_files(out)
     _script().main(argv(tiny_imagefolder, out, *quiet))
     assert_same_outcome(out, reference_run(tiny_imagefolder, tmp_path_factory, *quiet))
+
+
+def test_a_file_size_limit_inside_torch_save_gives_the_file_size_message(tiny_imagefolder, tmp_path, tmp_path_factory):
+    """`ulimit -f` of 150 kB: a checkpoint's model.safetensors (110 kB) fits, its optimizer.pt does not, and the real
+    torch.save fails with a RuntimeError that names no errno; the file that reached the limit says why."""
+    out = tmp_path / "out"
+    with file_size_limit(150 * 1024):
+        message = error_of(argv(tiny_imagefolder, out))
+
+    assert message == (f"error: Could not write checkpoint-1 to {out} (a file reached the size limit of this "
+                       "filesystem or process); it holds nothing. Free some space (or choose another folder) and run "
+                       "the same command again.")
+    assert not list(out.glob("checkpoint-*")) and not (out / WORK_DIR).exists()
+    assert_no_empty_or_temporary_files(out)
+    _script().main(argv(tiny_imagefolder, out))
+    assert_same_outcome(out, reference_run(tiny_imagefolder, tmp_path_factory))
 
 
 def test_room_for_the_model_only_keeps_the_model_and_no_empty_results(

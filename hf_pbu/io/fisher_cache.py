@@ -18,7 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers.utils import logging
 
-from .atomic import fsync_folder, is_write_failure, write_error
+from .atomic import fsync_folder, write_error, write_failure
 
 logger = logging.get_logger(__name__)
 
@@ -47,10 +47,11 @@ def save_checked(path: str, tensors: dict[str, torch.Tensor], seconds: float) ->
         os.replace(temporary, path)
         fsync_folder(os.path.dirname(os.path.abspath(path)))
     except Exception as err:
+        code = write_failure(err, temporary)  # measured before the partial file goes
         with contextlib.suppress(OSError):
             os.remove(temporary)
-        if is_write_failure(err):
-            raise write_error(err, os.path.dirname(os.path.abspath(path)), os.path.basename(path)) from err
+        if code is not None:
+            raise write_error(err, os.path.dirname(os.path.abspath(path)), os.path.basename(path), code) from err
         raise
 
 
