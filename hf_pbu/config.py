@@ -27,7 +27,8 @@ FORGET_LEVELS = get_args(ForgetLevel)
 # `PBUConfig`'s alike, is a setting of the run, which a resumed checkpoint must share (`PBUConfig.run_settings`): a new
 # field is one unless it is named here.
 RUN_ONLY_FIELDS = (
-    "fisher_batch_size", "fisher_memory_budget", "fisher_cache_dir", "evidence", "output_dir", "logging_", "log_", "disable_tqdm", "report_to", "run_name", "project", "trackio_", "eval_",
+    "fisher_batch_size", "fisher_memory_budget", "fisher_cache_dir", "evidence", "output_dir", "logging_", "log_",
+    "disable_tqdm", "report_to", "run_name", "project", "trackio_", "eval_",
     "per_device_eval_batch_size", "prediction_loss_only", "include_", "batch_eval_metrics", "bf16_full_eval",
     "fp16_full_eval", "save_", "enable_jit_checkpoint", "push_to_hub", "hub_", "load_best_model_at_end",
     "metric_for_best_model", "greater_is_better", "restore_callback_states_from_checkpoint", "dataloader_num_workers",

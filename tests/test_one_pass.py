@@ -10,9 +10,9 @@ from test_unlearn_script import FAST, _script, offline  # noqa: F401  (fixture)
 
 import hf_pbu.evidence.measurement as measurement
 import hf_pbu.io.atomic as atomic
+import hf_pbu.trainer as trainer_module
 from hf_pbu.io.model_card import CARD_FILE
 from hf_pbu.results import RESULTS_FILE
-import hf_pbu.trainer as trainer_module
 from hf_pbu.trainer import PBUTrainer
 
 
