@@ -307,6 +307,27 @@ def test_a_corrupted_fisher_cache_is_set_aside_and_the_run_matches_a_clean_one(
     assert f"Fisher diagonal: {third['fisher_seconds']:.1f} s (read from the cache; the time it took" in card
 
 
+def test_a_sound_fisher_of_another_class_renamed_to_this_runs_key_is_set_aside(tiny_imagefolder, tmp_path, caplog):
+    """digit_2's Fisher stored under digit_1's file name: valid in itself, but it records the forget data it was
+    computed for, so the digit_1 run sets it aside, computes its own and ends with the model of a clean run."""
+    cache = tmp_path / "fisher"
+    with_cache = ("--fisher_cache_dir", str(cache))
+    _script().main(argv(tiny_imagefolder, tmp_path / "first", *with_cache))  # digit_1
+    (own,) = cache.glob("fisher-*.safetensors")
+    digit_2 = argv(tiny_imagefolder, tmp_path / "digit_2", *with_cache)
+    _script().main([arg if arg != "digit_1" else "digit_2" for arg in digit_2])
+    (foreign,) = set(cache.glob("fisher-*.safetensors")) - {own}
+    os.replace(foreign, own)
+
+    with caplog.at_level(logging.WARNING):
+        _script().main(argv(tiny_imagefolder, tmp_path / "second", *with_cache))
+
+    assert f"Not using the Fisher cache file {own}: it was computed for another forget_data" in caplog.text
+    second = assert_same_outcome(tmp_path / "second", tmp_path / "first")
+    assert second["fisher_source"] == "computed"
+    assert len(list(cache.glob("*.bad-*"))) == 1 and own.is_file()  # set aside; this run's Fisher cached again
+
+
 def test_two_runs_on_one_folder_the_second_is_refused_with_the_holders_pid(
     tiny_imagefolder, tmp_path, monkeypatch
 ):
