@@ -284,6 +284,43 @@ def test_room_for_the_model_only_keeps_the_model_and_no_empty_results(
     assert_same_outcome(out, reference)
 
 
+def test_a_run_that_cannot_fit_in_the_free_space_is_refused_before_any_work(tiny_imagefolder, tmp_path, monkeypatch):
+    """1 MB free where the run writes the model (103.5 kB of tensors), two checkpoints of its weights and Adam's two
+    moments (305 kB each) and the card and results: refused with the figures once the model is loaded, before the
+    data, the Fisher or any step; no output folder is left behind."""
+    out = tmp_path / "out"
+    disk_usage = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: disk_usage(path)._replace(free=10**6))
+    monkeypatch.setattr(hf_pbu.cli.unlearn, "load_unlearning_splits",
+                        lambda *a, **k: pytest.fail("the data was loaded"))
+    message = error_of(argv(tiny_imagefolder, out))
+    assert message == (
+        f"error: Not enough free space for this run in {out}: it writes about 9.1 MB (the model 103.5 kB, 2 "
+        "checkpoint(s) kept at once of 305.2 kB each (weights and optimizer state), the card and results 8.4 MB) and "
+        "1.0 MB are free. Free some space, choose another --output_dir, or keep fewer checkpoints (--save_total_limit "
+        "1, or --save_strategy no).")
+    assert not out.exists()
+    # Without checkpoints and with room for the model and the small files, it fits.
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: disk_usage(path)._replace(free=9 * 10**6))
+    monkeypatch.setattr(hf_pbu.cli.unlearn, "load_unlearning_splits", lambda *a, **k: pytest.fail("fits"))
+    with pytest.raises(pytest.fail.Exception, match="fits"):
+        _script().main(argv(tiny_imagefolder, out, "--save_strategy", "no"))
+    assert not out.exists()  # a run that wrote nothing (here: stopped while loading the data) leaves no folder
+
+
+def test_a_refused_run_leaves_an_existing_folder_as_it_was(tiny_imagefolder, tmp_path):
+    """An unknown class, found once the model is loaded: the folder the user made holds only their file again."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("kept")
+    message = error_of([arg if arg != "digit_1" else "digit_9" for arg in argv(tiny_imagefolder, out)])
+    assert "digit_9" in message
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    fresh = tmp_path / "fresh"
+    error_of([arg if arg != "digit_1" else "digit_9" for arg in argv(tiny_imagefolder, fresh)])
+    assert not fresh.exists()
+
+
 def test_a_corrupted_fisher_cache_is_set_aside_and_the_run_matches_a_clean_one(
     tiny_imagefolder, tmp_path, caplog
 ):

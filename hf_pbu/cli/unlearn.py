@@ -11,9 +11,10 @@ Any `PBUConfig` flag (alpha, beta, gamma, learning_rate, ...) is accepted. Write
 format to --output_dir as soon as it is trained, then, once, its card and unlearning_results.json (A_Df, A_Dr,
 forget-train accuracy, MIA and the attacks, before and after), and uploads that folder with --push_to_hub. Bad
 values, an output folder that cannot be written or that another run holds, and missing `--push_to_hub`
-prerequisites are refused before anything is loaded. A run that cannot give an unlearned model, that did not forget
-(forget-train accuracy above --stop_forget_accuracy) or whose evidence step failed exits non-zero with the fix, is
-marked so in the results and the card, and is not pushed.
+prerequisites are refused before anything is loaded, and a run whose files do not fit in the output folder's free
+space once the model is loaded; a refused run leaves no output folder or lock file behind. A run that cannot give
+an unlearned model, that did not forget (forget-train accuracy above --stop_forget_accuracy) or whose evidence step
+failed exits non-zero with the fix, is marked so in the results and the card, and is not pushed.
 """
 
 import logging as pylogging
@@ -37,7 +38,7 @@ from ..results import RESULTS_FILE
 from ..unlearning import unlearn
 from .arguments import DataArguments, ModelArguments
 from .config_file import parse_arguments_file
-from .preflight import preflight
+from .preflight import check_space, preflight
 
 logger = logging.get_logger(__name__)
 
@@ -67,6 +68,7 @@ def unlearn_and_save(model_args: ModelArguments, data_args: DataArguments, confi
     """Load, unlearn and measure, write the model, its card and results once (`hf_pbu.unlearning.unlearn`), print
     the outcome and, if the run did its job, upload the folder; resume `checkpoint` if given."""
     loaded = load_classifier(model_args.model_id, model_args.revision, model_args.cache_dir)
+    check_space(loaded.model, config)  # before any work: the estimate needs the model's size
     base_card = load_base_card(loaded.source)
     if data_args.dataset_name is None and data_args.dataset_dir is None and data_args.forget_dir is None:
         named = card_datasets(base_card)
