@@ -133,8 +133,43 @@ def test_a_kill_while_a_checkpoint_is_written_leaves_the_last_complete_one(
     results = assert_same_outcome(out, reference_run(tiny_imagefolder, tmp_path_factory))
     assert results["resumed_from_step"] == 2 and 0 < results["resumed_seconds"] < results["unlearn_seconds"]
     assert "resumed from the checkpoint of step 2" in (out / "README.md").read_text()
-    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4"]
+    # The two folders this run did not write are kept under other names, not deleted when it wrote its own.
+    assert sorted(p.name.split(".kept-")[0] for p in out.glob("checkpoint-*")) == [
+        "checkpoint-3", "checkpoint-4", "checkpoint-4"]
+    assert sorted(p.name for p in out.glob("checkpoint-*") if ".kept-" not in p.name) == ["checkpoint-4"]
+    (kept,) = out.glob("checkpoint-4.kept-*")
+    assert (kept / "model.safetensors").stat().st_size == 1000
+    assert f"Moved {out / 'checkpoint-3'} to {out / 'checkpoint-3'}.kept-" in caplog.text
     assert_no_empty_or_temporary_files(out)
+
+
+def test_a_checkpoint_copied_in_is_refused_or_kept_never_deleted(tiny_imagefolder, tmp_path, tmp_path_factory, caplog):
+    """Another run's complete checkpoint (other forget classes) copied into the folder as checkpoint-4: refused as a
+    resume point, left as it is. The same copy without hf_pbu's files (a plain `Trainer` checkpoint) is skipped, and
+    when the run writes its own checkpoint-4 the copy is moved aside whole, not deleted; an older one (checkpoint-0)
+    is not rotated out with the run's own checkpoints."""
+    other, out = tmp_path / "other", tmp_path / "out"
+    _script().main([arg if arg != "digit_1" else "digit_2" for arg in argv(tiny_imagefolder, other)])
+    (theirs,) = other.glob("checkpoint-*")  # its last (that run may stop before step 4)
+    out.mkdir()
+    shutil.copytree(theirs, out / "checkpoint-4")
+    message = error_of(argv(tiny_imagefolder, out))
+    assert f"Cannot resume {out / 'checkpoint-4'}: it was written by another unlearning run" in message
+    assert files(out / "checkpoint-4") == files(theirs)
+
+    for name in (SIGNATURE_FILE, MANIFEST_FILE):
+        (out / "checkpoint-4" / name).unlink()
+    shutil.copytree(out / "checkpoint-4", out / "checkpoint-0")
+    copied = {name: (out / "checkpoint-4" / name).read_bytes() for name in files(out / "checkpoint-4")}
+    with caplog.at_level(logging.WARNING):
+        _script().main(argv(tiny_imagefolder, out))
+
+    (kept,) = out.glob("checkpoint-4.kept-*")
+    assert {name: (kept / name).read_bytes() for name in files(kept)} == copied  # whole, as it was copied in
+    assert f"Moved {out / 'checkpoint-4'} to {kept}: it is not a checkpoint of this run" in caplog.text
+    assert sorted(p.name for p in out.glob("checkpoint-*") if ".kept-" not in p.name) == [
+        "checkpoint-0", "checkpoint-4"]
+    assert_same_outcome(out, reference_run(tiny_imagefolder, tmp_path_factory))
 
 
 def test_a_checkpoint_without_its_signature_is_refused(tiny_imagefolder, tmp_path):
