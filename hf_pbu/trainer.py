@@ -149,6 +149,7 @@ class PBUTrainer(Trainer):
         self._base_card = base_card
         self.class_names = class_names
         self.unlearning_results: UnlearningResults | None = None  # set by `train`
+        self.evidence_failure: Exception | None = None  # why the evidence step failed (`hf_pbu.unlearning.unlearn`)
         self.add_callback(ForgetRowsCallback(self))
         self._stop_callback = ForgetStopCallback(self)
         self.add_callback(self._stop_callback)

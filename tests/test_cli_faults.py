@@ -319,6 +319,30 @@ def test_room_for_the_model_only_keeps_the_model_and_no_empty_results(
     assert_same_outcome(out, reference)
 
 
+def test_a_full_disk_at_the_chart_gives_the_full_disk_message_not_evidence(tiny_imagefolder, tmp_path, monkeypatch):
+    """The per-class chart (written by the evidence step, which runs without --evidence too) hits a full disk, the
+    card still fits: the exit names the folder and the fix of a full disk, not "rerun without --evidence"."""
+    out = tmp_path / "out"
+    fsync = os.fsync
+
+    def full_when_the_chart_is_flushed(fd):
+        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith(".per_class_accuracy.png"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full_when_the_chart_is_flushed)
+    message = error_of(argv(tiny_imagefolder, out))
+    monkeypatch.setattr(os, "fsync", fsync)
+
+    assert message.startswith(f"error: The evidence step could not write its files: Could not write "
+                              f"per_class_accuracy.png to {out} (the disk is full); everything it holds is complete: "
+                              "checkpoint-4, config.json, model.safetensors"), message
+    assert "Free some space (or choose another folder) and run the same command again." in message
+    assert "--evidence" not in message and "\n" not in message
+    assert {"model.safetensors", RESULTS_FILE, "README.md"} <= files(out) and "per_class_accuracy.png" not in files(out)
+    assert_no_empty_or_temporary_files(out)
+
+
 def test_a_run_that_cannot_fit_in_the_free_space_is_refused_before_any_work(tiny_imagefolder, tmp_path, monkeypatch):
     """1 MB free where the run writes the model (103.5 kB of tensors), two checkpoints of its weights and Adam's two
     moments (305 kB each) and the card and results: refused with the figures once the model is loaded, before the

@@ -30,6 +30,7 @@ from transformers.utils import logging
 from ..config import PBUConfig
 from ..data import load_unlearning_splits
 from ..failures import UnlearningFailedError
+from ..io.atomic import CAUSES
 from ..io.model_card import CARD_FILE, card_dataset, card_datasets, load_base_card
 from ..io.output_lock import OutputFolderInUseError
 from ..io.publish import HubPushError, push_unlearned_model
@@ -91,7 +92,7 @@ def unlearn_and_save(model_args: ModelArguments, data_args: DataArguments, confi
         processing_class=loaded.image_processor,
     )
     trainer.accelerator.end_training()  # the last collective is behind: the process group ends before the processes
-    failures = run_failures(trainer, results)
+    failures = run_failures(trainer, results, config)
     classes = ", ".join(data.names[c] for c in data.forget_classes)
     if trainer.is_world_process_zero():
         outcome = "Forgot" if results.forgotten else "Did NOT forget"
@@ -119,14 +120,22 @@ class RunFailedError(UnlearningFailedError):
     """The run did not do its job (or an optional step after it failed); the saved folder says so."""
 
 
-def run_failures(trainer, results) -> list[str]:
-    """What went wrong, each with the fix: a run that did not forget, an evidence step that failed."""
+def run_failures(trainer, results, config: PBUConfig | None = None) -> list[str]:
+    """What went wrong, each with the fix: a run that did not forget, an evidence step that failed (a full disk:
+    the write's own message, which names the folder and what it keeps; `--evidence` named only when it was given)."""
     failures = []
     if not results.forgotten:
         failures.append(trainer.not_forgotten_message(results.after.forget_train_accuracy))
     if results.evidence_error:
-        failures.append(f"The evidence step failed after unlearning ({results.evidence_error}): rerun without "
-                        "--evidence, or report the error.")
+        failure = getattr(trainer, "evidence_failure", None)
+        if isinstance(failure, OSError) and failure.errno in CAUSES:
+            failures.append(f"The evidence step could not write its files: {failure}")
+        elif config is not None and config.evidence:
+            failures.append(f"The evidence step failed after unlearning ({results.evidence_error}): rerun without "
+                            "--evidence, or report the error.")
+        else:
+            failures.append(f"The evidence step failed after unlearning ({results.evidence_error}): report the error "
+                            "(the per-class view and the head attacks run on every run).")
     return failures
 
 
