@@ -69,7 +69,7 @@ RULES: dict[str, Rule] = {
     "per_device_eval_batch_size": COUNT,
     "gradient_accumulation_steps": COUNT,
     "num_train_epochs": NON_NEGATIVE,
-    "max_steps": Rule(integer=True),
+    "max_steps": Rule(integer=True),  # and -1 (unset) or >= 1: `check_numeric_arguments`
     "warmup_steps": NON_NEGATIVE,
     "weight_decay": NON_NEGATIVE,
     "adam_beta1": Rule(at_least=0, below=1),
@@ -102,8 +102,12 @@ def check_numbers(arguments, rules: dict[str, Rule]) -> None:
 
 def check_numeric_arguments(config) -> None:
     """Raise `ValueError` naming the first flag of `config` (a `PBUConfig`) whose value is out of range, or a step
-    budget of nothing (`num_train_epochs` 0 with no `max_steps`)."""
+    budget of nothing (`max_steps` 0 or below -1, or `num_train_epochs` 0 with no `max_steps`). `max_steps` -1 is
+    `TrainingArguments`' "unset": the budget then comes from `num_train_epochs` (`PBUConfig.step_budget`)."""
     check_numbers(config, RULES)
+    if config.max_steps == 0 or config.max_steps < -1:
+        raise ValueError(f"--max_steps must be a number of optimizer steps >= 1, or -1 for the default budget "
+                         f"(--num_train_epochs, at least --min_step_budget); got {config.max_steps}.")
     if config.max_steps <= 0 and config.num_train_epochs == 0:
         raise ValueError("--num_train_epochs must be > 0 when --max_steps is not set: a step budget of 0 would save "
                          "the original weights as the unlearned model.")

@@ -53,9 +53,9 @@ class PBUConfig(TrainingArguments):
     with the bounded forget term `complement+distill` by default (`forget_loss`; the paper's -CE is `neg_ce`) and the
     forget classes' head rows refit apart from the anchor (`forget_level='head'`). The anchor weights follow the
     reference code (alpha 721, beta 100, gamma 4001); the learning rate is 5e-5 and the optimizer `TrainingArguments`'
-    default (`optim`, AdamW). The number of epochs, and at least `min_step_budget` steps, bound the optimizer steps,
-    counted as for one process whatever the number of processes (`step_budget`); the stop rule (`stop_rule`,
-    `hf_pbu.stopping`) usually ends the run first.
+    default `optim`, `adamw_torch_fused` (AdamW, with `weight_decay`), which the card names as run. The number of
+    epochs, and at least `min_step_budget` steps, bound the optimizer steps, counted as for one process whatever the
+    number of processes (`step_budget`); the stop rule (`stop_rule`, `hf_pbu.stopping`) usually ends the run first.
 
     Every number is checked when the arguments are built (`hf_pbu.argument_checks`): finite and in its range, with
     one `ValueError` naming the flag, so that `alpha=nan` or `learning_rate=0` never reaches a run.
@@ -186,7 +186,10 @@ class PBUConfig(TrainingArguments):
     )
 
     # Defaults that differ from `TrainingArguments` (the reference recipe, and image batches for any model).
-    learning_rate: float = field(default=5e-5, metadata={"help": "Learning rate of the optimizer (`optim`)."})
+    learning_rate: float = field(
+        default=5e-5,
+        metadata={"help": "Learning rate of the optimizer (`optim`, by default `adamw_torch_fused`: AdamW)."},
+    )
     per_device_train_batch_size: int = field(default=64, metadata={"help": "Forget images per batch and device."})
     per_device_eval_batch_size: int = field(
         default=64, metadata={"help": "Images per batch and device of the stop checks and evaluations."}

@@ -22,7 +22,7 @@ from .data import dataset_labels
 from .distributed import shard
 from .evidence.measurement import accuracy_of, predictions
 from .failures import NonFiniteLossError, NonFiniteWeightsError, UnchangedWeightsError
-from .io.atomic import is_write_failure, remove_work_dir_if_empty, staged_files, write_error
+from .io.atomic import remove_work_dir_if_empty, staged_files, write_error, write_failure
 from .io.checkpoints import (
     check_resumable,
     checkpoint_to_resume,
@@ -175,6 +175,7 @@ class PBUTrainer(Trainer):
         self._base_card = base_card
         self.class_names = class_names
         self.unlearning_results: UnlearningResults | None = None  # set by `train`
+        self.evidence_failure: Exception | None = None  # why the evidence step failed (`hf_pbu.unlearning.unlearn`)
         self.add_callback(ForgetRowsCallback(self))
         self._stop_callback = ForgetStopCallback(self)
         self.add_callback(self._stop_callback)
@@ -523,11 +524,12 @@ class PBUTrainer(Trainer):
         try:
             super()._save_checkpoint(model, trial)
         except Exception as err:
+            code = write_failure(err, staged or self._staging_root)  # measured before the partial files go
             if staged is not None:
                 shutil.rmtree(staged, ignore_errors=True)
                 remove_work_dir_if_empty(output_dir)
-            if is_write_failure(err):
-                raise write_error(err, output_dir, f"checkpoint-{step}") from err
+            if code is not None:
+                raise write_error(err, output_dir, f"checkpoint-{step}", code) from err
             raise
         finally:
             self._staging_root = None

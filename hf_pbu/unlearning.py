@@ -128,6 +128,7 @@ def unlearn(
                 names, config.output_dir, config.evidence, config.seed)
             results.evidence["seconds"] = time.perf_counter() - start
         except Exception as err:  # optional: the model is unlearned and saved whatever fails here
+            trainer.evidence_failure = err
             results.evidence_error = f"{type(err).__name__}: {err}"
             logger.error(f"The evidence step failed after unlearning ({results.evidence_error}); the unlearned model "
                          "is kept. The results record the error.")

@@ -11,6 +11,8 @@ BAD_VALUES = [
     ("learning_rate", "-1e-4", "--learning_rate must be a finite number > 0; got -0.0001"),
     ("learning_rate", "nan", "--learning_rate must be a finite number > 0; got nan"),
     ("num_train_epochs", "0", "--num_train_epochs must be > 0 when --max_steps is not set"),
+    ("max_steps", "0", "--max_steps must be a number of optimizer steps >= 1, or -1 for the default budget"),
+    ("max_steps", "-5", "--max_steps must be a number of optimizer steps >= 1, or -1 for the default budget"),
     ("num_train_epochs", "nan", "--num_train_epochs must be a finite number >= 0; got nan"),
     ("alpha", "nan", "--alpha must be a finite number > 0; got nan"),
     ("alpha", "inf", "--alpha must be a finite number > 0; got inf"),

@@ -133,8 +133,43 @@ def test_a_kill_while_a_checkpoint_is_written_leaves_the_last_complete_one(
     results = assert_same_outcome(out, reference_run(tiny_imagefolder, tmp_path_factory))
     assert results["resumed_from_step"] == 2 and 0 < results["resumed_seconds"] < results["unlearn_seconds"]
     assert "resumed from the checkpoint of step 2" in (out / "README.md").read_text()
-    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4"]
+    # The two folders this run did not write are kept under other names, not deleted when it wrote its own.
+    assert sorted(p.name.split(".kept-")[0] for p in out.glob("checkpoint-*")) == [
+        "checkpoint-3", "checkpoint-4", "checkpoint-4"]
+    assert sorted(p.name for p in out.glob("checkpoint-*") if ".kept-" not in p.name) == ["checkpoint-4"]
+    (kept,) = out.glob("checkpoint-4.kept-*")
+    assert (kept / "model.safetensors").stat().st_size == 1000
+    assert f"Moved {out / 'checkpoint-3'} to {out / 'checkpoint-3'}.kept-" in caplog.text
     assert_no_empty_or_temporary_files(out)
+
+
+def test_a_checkpoint_copied_in_is_refused_or_kept_never_deleted(tiny_imagefolder, tmp_path, tmp_path_factory, caplog):
+    """Another run's complete checkpoint (other forget classes) copied into the folder as checkpoint-4: refused as a
+    resume point, left as it is. The same copy without hf_pbu's files (a plain `Trainer` checkpoint) is skipped, and
+    when the run writes its own checkpoint-4 the copy is moved aside whole, not deleted; an older one (checkpoint-0)
+    is not rotated out with the run's own checkpoints."""
+    other, out = tmp_path / "other", tmp_path / "out"
+    _script().main([arg if arg != "digit_1" else "digit_2" for arg in argv(tiny_imagefolder, other)])
+    (theirs,) = other.glob("checkpoint-*")  # its last (that run may stop before step 4)
+    out.mkdir()
+    shutil.copytree(theirs, out / "checkpoint-4")
+    message = error_of(argv(tiny_imagefolder, out))
+    assert f"Cannot resume {out / 'checkpoint-4'}: it was written by another unlearning run" in message
+    assert files(out / "checkpoint-4") == files(theirs)
+
+    for name in (SIGNATURE_FILE, MANIFEST_FILE):
+        (out / "checkpoint-4" / name).unlink()
+    shutil.copytree(out / "checkpoint-4", out / "checkpoint-0")
+    copied = {name: (out / "checkpoint-4" / name).read_bytes() for name in files(out / "checkpoint-4")}
+    with caplog.at_level(logging.WARNING):
+        _script().main(argv(tiny_imagefolder, out))
+
+    (kept,) = out.glob("checkpoint-4.kept-*")
+    assert {name: (kept / name).read_bytes() for name in files(kept)} == copied  # whole, as it was copied in
+    assert f"Moved {out / 'checkpoint-4'} to {kept}: it is not a checkpoint of this run" in caplog.text
+    assert sorted(p.name for p in out.glob("checkpoint-*") if ".kept-" not in p.name) == [
+        "checkpoint-0", "checkpoint-4"]
+    assert_same_outcome(out, reference_run(tiny_imagefolder, tmp_path_factory))
 
 
 def test_a_checkpoint_without_its_signature_is_refused(tiny_imagefolder, tmp_path):
@@ -175,6 +210,43 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(
     assert_same_outcome(out, reference_run(tiny_imagefolder, tmp_path_factory))
 
 
+def test_a_full_disk_inside_torch_save_whatever_its_wording_gives_the_full_disk_message(
+    tiny_imagefolder, tmp_path, tmp_path_factory, monkeypatch
+):
+    """torch.save's C++ writer reports a full disk as a RuntimeError ("unexpected pos"), with no errno: the
+    filesystem's free space (0 once it filled) makes it a full disk, not a traceback."""
+    out = tmp_path / "out"
+    save, disk_usage = torch.save, shutil.disk_usage
+    full = []
+
+    def disk_fills_at_checkpoint_3(obj, f, *args, **kwargs):
+        if str(f).endswith(os.path.join("checkpoint-3", "optimizer.pt")):
+            with open(f, "wb") as partial:
+                partial.write(b"\0" * 4096)  # what fitted
+            full.append(True)
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+        return save(obj, f, *args, **kwargs)
+
+    def usage(path):
+        real = disk_usage(path)
+        return real._replace(used=real.total, free=0) if full else real
+
+    monkeypatch.setattr(torch, "save", disk_fills_at_checkpoint_3)
+    monkeypatch.setattr(shutil, "disk_usage", usage)
+    message = error_of(argv(tiny_imagefolder, out))
+    monkeypatch.setattr(torch, "save", save)
+    monkeypatch.setattr(shutil, "disk_usage", disk_usage)
+
+    assert message == (f"error: Could not write checkpoint-3 to {out} (the disk is full); everything it holds is "
+                       "complete: checkpoint-2. Free some space (or choose another folder) and run the same command "
+                       "again.")
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert not (out / WORK_DIR).exists()
+    assert_no_empty_or_temporary_files(out)
+    _script().main(argv(tiny_imagefolder, out))
+    assert_same_outcome(out, reference_run(tiny_imagefolder, tmp_path_factory))
+
+
 @contextlib.contextmanager
 def file_size_limit(limit: int) -> Iterator[None]:
     """This process may not write files beyond `limit` bytes (RLIMIT_FSIZE, enforced by the kernel like a full
@@ -205,6 +277,22 @@ def test_a_full_disk_at_the_final_save_names_the_folder_and_leaves_no_broken_fil
     assert_same_outcome(out, reference_run(tiny_imagefolder, tmp_path_factory, *quiet))
 
 
+def test_a_file_size_limit_inside_torch_save_gives_the_file_size_message(tiny_imagefolder, tmp_path, tmp_path_factory):
+    """`ulimit -f` of 150 kB: a checkpoint's model.safetensors (110 kB) fits, its optimizer.pt does not, and the real
+    torch.save fails with a RuntimeError that names no errno; the file that reached the limit says why."""
+    out = tmp_path / "out"
+    with file_size_limit(150 * 1024):
+        message = error_of(argv(tiny_imagefolder, out))
+
+    assert message == (f"error: Could not write checkpoint-1 to {out} (a file reached the size limit of this "
+                       "filesystem or process); it holds nothing. Free some space (or choose another folder) and run "
+                       "the same command again.")
+    assert not list(out.glob("checkpoint-*")) and not (out / WORK_DIR).exists()
+    assert_no_empty_or_temporary_files(out)
+    _script().main(argv(tiny_imagefolder, out))
+    assert_same_outcome(out, reference_run(tiny_imagefolder, tmp_path_factory))
+
+
 def test_room_for_the_model_only_keeps_the_model_and_no_empty_results(
     tiny_imagefolder, tmp_path, tmp_path_factory, monkeypatch
 ):
@@ -232,6 +320,67 @@ def test_room_for_the_model_only_keeps_the_model_and_no_empty_results(
     assert_same_outcome(out, reference)
 
 
+def test_a_full_disk_at_the_chart_gives_the_full_disk_message_not_evidence(tiny_imagefolder, tmp_path, monkeypatch):
+    """The per-class chart (written by the evidence step, which runs without --evidence too) hits a full disk, the
+    card still fits: the exit names the folder and the fix of a full disk, not "rerun without --evidence"."""
+    out = tmp_path / "out"
+    fsync = os.fsync
+
+    def full_when_the_chart_is_flushed(fd):
+        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith(".per_class_accuracy.png"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full_when_the_chart_is_flushed)
+    message = error_of(argv(tiny_imagefolder, out))
+    monkeypatch.setattr(os, "fsync", fsync)
+
+    assert message.startswith(f"error: The evidence step could not write its files: Could not write "
+                              f"per_class_accuracy.png to {out} (the disk is full); everything it holds is complete: "
+                              "checkpoint-4, config.json, model.safetensors"), message
+    assert "Free some space (or choose another folder) and run the same command again." in message
+    assert "--evidence" not in message and "\n" not in message
+    assert {"model.safetensors", RESULTS_FILE, "README.md"} <= files(out) and "per_class_accuracy.png" not in files(out)
+    assert_no_empty_or_temporary_files(out)
+
+
+def test_a_run_that_cannot_fit_in_the_free_space_is_refused_before_any_work(tiny_imagefolder, tmp_path, monkeypatch):
+    """1 MB free where the run writes the model (103.5 kB of tensors), two checkpoints of its weights and Adam's two
+    moments (305 kB each) and the card and results: refused with the figures once the model is loaded, before the
+    data, the Fisher or any step; no output folder is left behind."""
+    out = tmp_path / "out"
+    disk_usage = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: disk_usage(path)._replace(free=10**6))
+    monkeypatch.setattr(hf_pbu.cli.unlearn, "load_unlearning_splits",
+                        lambda *a, **k: pytest.fail("the data was loaded"))
+    message = error_of(argv(tiny_imagefolder, out))
+    assert message == (
+        f"error: Not enough free space for this run in {out}: it writes about 9.1 MB (the model 103.5 kB, 2 "
+        "checkpoint(s) kept at once of 305.2 kB each (weights and optimizer state), the card and results 8.4 MB) and "
+        "1.0 MB are free. Free some space, choose another --output_dir, or keep fewer checkpoints (--save_total_limit "
+        "1, or --save_strategy no).")
+    assert not out.exists()
+    # Without checkpoints and with room for the model and the small files, it fits.
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: disk_usage(path)._replace(free=9 * 10**6))
+    monkeypatch.setattr(hf_pbu.cli.unlearn, "load_unlearning_splits", lambda *a, **k: pytest.fail("fits"))
+    with pytest.raises(pytest.fail.Exception, match="fits"):
+        _script().main(argv(tiny_imagefolder, out, "--save_strategy", "no"))
+    assert not out.exists()  # a run that wrote nothing (here: stopped while loading the data) leaves no folder
+
+
+def test_a_refused_run_leaves_an_existing_folder_as_it_was(tiny_imagefolder, tmp_path):
+    """An unknown class, found once the model is loaded: the folder the user made holds only their file again."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("kept")
+    message = error_of([arg if arg != "digit_1" else "digit_9" for arg in argv(tiny_imagefolder, out)])
+    assert "digit_9" in message
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    fresh = tmp_path / "fresh"
+    error_of([arg if arg != "digit_1" else "digit_9" for arg in argv(tiny_imagefolder, fresh)])
+    assert not fresh.exists()
+
+
 def test_a_corrupted_fisher_cache_is_set_aside_and_the_run_matches_a_clean_one(
     tiny_imagefolder, tmp_path, caplog
 ):
@@ -255,6 +404,27 @@ def test_a_corrupted_fisher_cache_is_set_aside_and_the_run_matches_a_clean_one(
     assert f"Fisher diagonal: {third['fisher_seconds']:.1f} s (read from the cache; the time it took" in card
 
 
+def test_a_sound_fisher_of_another_class_renamed_to_this_runs_key_is_set_aside(tiny_imagefolder, tmp_path, caplog):
+    """digit_2's Fisher stored under digit_1's file name: valid in itself, but it records the forget data it was
+    computed for, so the digit_1 run sets it aside, computes its own and ends with the model of a clean run."""
+    cache = tmp_path / "fisher"
+    with_cache = ("--fisher_cache_dir", str(cache))
+    _script().main(argv(tiny_imagefolder, tmp_path / "first", *with_cache))  # digit_1
+    (own,) = cache.glob("fisher-*.safetensors")
+    digit_2 = argv(tiny_imagefolder, tmp_path / "digit_2", *with_cache)
+    _script().main([arg if arg != "digit_1" else "digit_2" for arg in digit_2])
+    (foreign,) = set(cache.glob("fisher-*.safetensors")) - {own}
+    os.replace(foreign, own)
+
+    with caplog.at_level(logging.WARNING):
+        _script().main(argv(tiny_imagefolder, tmp_path / "second", *with_cache))
+
+    assert f"Not using the Fisher cache file {own}: it was computed for another forget_data" in caplog.text
+    second = assert_same_outcome(tmp_path / "second", tmp_path / "first")
+    assert second["fisher_source"] == "computed"
+    assert len(list(cache.glob("*.bad-*"))) == 1 and own.is_file()  # set aside; this run's Fisher cached again
+
+
 def test_two_runs_on_one_folder_the_second_is_refused_with_the_holders_pid(
     tiny_imagefolder, tmp_path, monkeypatch
 ):
@@ -266,8 +436,13 @@ def test_two_runs_on_one_folder_the_second_is_refused_with_the_holders_pid(
         while not (out / OWNER_FILE).exists() and first.is_alive():
             time.sleep(0.01)
         load_classifier = hf_pbu.cli.unlearn.load_classifier
-        monkeypatch.setattr(hf_pbu.cli.unlearn, "load_classifier",
-                            lambda *a: pytest.fail("the second run loaded the model"))
+
+        def only_the_first_run_loads(*args):  # the first run may not have reached it yet: only this thread fails
+            if threading.current_thread() is first:
+                return load_classifier(*args)
+            pytest.fail("the second run loaded the model")
+
+        monkeypatch.setattr(hf_pbu.cli.unlearn, "load_classifier", only_the_first_run_loads)
         message = error_of(argv(tiny_imagefolder, out))
         monkeypatch.setattr(hf_pbu.cli.unlearn, "load_classifier", load_classifier)
     finally:

@@ -9,15 +9,18 @@ import struct
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 from tiny_models import DictDataset, TinyConvNet, random_images, trained_bn_stats
 from torch.utils.data import DataLoader
 
-from hf_pbu.io.fisher_cache import load_checked
+from hf_pbu.io.fisher_cache import KEY_FIELD, load_checked, save_checked
 from hf_pbu.objective.fisher import (
     compute_fisher_diagonal,
+    fisher_cache_key,
     fisher_cache_path,
     fisher_partial_path,
+    fisher_partial_sums,
     load_or_compute_fisher,
 )
 
@@ -103,13 +106,46 @@ def test_a_cache_of_another_shape_is_refused(setup, tmp_path, caplog):
     path = fisher_cache_path(str(tmp_path), model, dataset, "exact", 1, 0)
     reference, _, _ = load_or_compute_fisher(model, dataset, make_loader(dataset), str(tmp_path))
     other = {name: torch.zeros(3) for name in reference}
-    from hf_pbu.io.fisher_cache import save_checked
-
-    save_checked(path, other, 1.0)
+    save_checked(path, other, 1.0, fisher_cache_key(model, dataset, "exact", 1, 0))
     with caplog.at_level(logging.WARNING):
         again, _, source = load_or_compute_fisher(model, dataset, make_loader(dataset), str(tmp_path))
     assert source == "computed" and "has shape (3,)" in caplog.text
     assert all(torch.equal(again[name], reference[name]) for name in reference)
+
+
+@pytest.mark.parametrize("other", ["forget data", "estimator", "weights"])
+def test_a_sound_cache_file_of_another_key_renamed_to_this_one_is_set_aside(setup, tmp_path, caplog, other):
+    """A valid Fisher computed for another forget set (or estimator, or weights), stored under this key's name: it
+    passes every check of its own but records what it was computed for, so it is set aside, not used."""
+    model, dataset = setup
+    reference, _, _ = load_or_compute_fisher(model, dataset, make_loader(dataset), str(tmp_path / "clean"))
+    path = fisher_cache_path(str(tmp_path), model, dataset, "exact", 1, 0)
+    if other == "forget data":
+        other_data = DictDataset(dataset.images[:8], dataset.labels[:8])
+        load_or_compute_fisher(model, other_data, make_loader(other_data), str(tmp_path))
+        foreign = fisher_cache_path(str(tmp_path), model, other_data, "exact", 1, 0)
+    elif other == "estimator":
+        load_or_compute_fisher(model, dataset, make_loader(dataset), str(tmp_path), estimator="empirical")
+        foreign = fisher_cache_path(str(tmp_path), model, dataset, "empirical", 1, 0)
+    else:
+        other_model = trained_bn_stats(TinyConvNet(3), random_images(12))
+        load_or_compute_fisher(other_model, dataset, make_loader(dataset), str(tmp_path))
+        foreign = fisher_cache_path(str(tmp_path), other_model, dataset, "exact", 1, 0)
+    os.replace(foreign, path)
+    assert load_checked(path, None, "Fisher cache file") is not None  # sound on its own
+
+    with caplog.at_level(logging.WARNING):
+        again, _, source = load_or_compute_fisher(model, dataset, make_loader(dataset), str(tmp_path))
+
+    assert source == "computed"
+    assert all(torch.equal(again[name], reference[name]) for name in reference)
+    expected = {"forget data": "forget_data", "estimator": "estimator", "weights": "model_weights_sha256"}[other]
+    assert f"Not using the Fisher cache file {path}: it was computed for another " in caplog.text
+    assert expected in caplog.text.split(f"Not using the Fisher cache file {path}")[1].split("\n")[0]
+    assert len(set_aside(tmp_path)) == 1
+    with safe_open(path, framework="pt") as f:  # the cache now holds this key's Fisher, recording its key
+        assert json.loads(f.metadata()[KEY_FIELD]) == fisher_cache_key(model, dataset, "exact", 1, 0)
+    assert load_or_compute_fisher(model, dataset, make_loader(dataset), str(tmp_path))[2] == "cached"
 
 
 class Interrupted(Exception):
@@ -119,7 +155,8 @@ class Interrupted(Exception):
 def interrupt_fisher(model, dataset, cache_dir: str) -> str:
     """Compute the Fisher with partial sums saved after every batch and stop it after two of three batches, as a
     killed run would; returns the partial file's path (where `load_or_compute_fisher` looks for it)."""
-    partial = fisher_partial_path(fisher_cache_path(cache_dir, model, dataset, "exact", 1, 0), BATCH)
+    partial = fisher_partial_sums(cache_dir, fisher_cache_key(model, dataset, "exact", 1, 0), BATCH)
+    assert partial.path == fisher_partial_path(fisher_cache_path(cache_dir, model, dataset, "exact", 1, 0), BATCH)
 
     def batches():
         for index, batch in enumerate(DataLoader(dataset, batch_size=BATCH)):
@@ -129,8 +166,8 @@ def interrupt_fisher(model, dataset, cache_dir: str) -> str:
 
     with pytest.raises(Interrupted):
         compute_fisher_diagonal(model, batches(), partial_path=partial, checkpoint_seconds=0, show_progress=False)
-    assert os.path.exists(partial)
-    return partial
+    assert os.path.exists(partial.path)
+    return partial.path
 
 
 def test_an_interrupted_fisher_resumes_from_sound_partial_sums_with_its_earlier_time(setup, tmp_path):

@@ -206,6 +206,7 @@ def test_failing_evidence_step_keeps_the_model_card_and_results(tiny_model_dirs,
     out = tmp_path / "out"
     message = _run(_args(tiny_model_dirs["transformers"], tiny_imagefolder, out, "--push_to_hub"))
     assert message is not None and "The evidence step failed" in message and "laid out differently" in message
+    assert "--evidence" not in message  # not given: the fix is not to leave it out
     assert not pushed
     for name in ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", RESULTS_FILE):
         assert (out / name).is_file(), name

@@ -6,6 +6,8 @@ be a writable folder, `--push_to_hub` needs a token, the Hub online and a valid 
 (the run would write over the model it unlearns) nor hold a finished run (its results would be overwritten, or its
 last checkpoint resumed under other settings), and no other run may be writing to the same output folder: its lock
 is taken here and held for the whole run (`hf_pbu.io.output_lock`). The checkpoint to resume is resolved here, once.
+A run that ends having written nothing (refused here, or once the model is loaded, e.g. by `check_space`) leaves the
+output folder as it found it: no folder it created, no lock files of its own.
 """
 
 import contextlib
@@ -20,12 +22,14 @@ from huggingface_hub.utils import validate_repo_id
 from transformers.utils import logging
 
 from ..config import PBUConfig
+from ..io.atomic import WORK_DIR
 from ..io.checkpoints import checkpoint_to_resume, last_complete_checkpoint
 from ..io.model_card import hub_repo_id
-from ..io.output_lock import OutputFolderInUseError, OutputFolderLock
+from ..io.output_lock import LOCK_FILE, OWNER_FILE, OutputFolderInUseError, OutputFolderLock
 from ..io.publish import TOKEN_FIX
 from ..models import parse_model_id
 from ..results import RESULTS_FILE
+from ..io.space import check_free_space
 
 logger = logging.get_logger(__name__)
 
@@ -99,6 +103,61 @@ def checkpoint_to_carry_on(config: PBUConfig) -> str | None:
     return last
 
 
+def _agree(config: PBUConfig, check) -> None:
+    """Run `check` on the main process and raise its `ValueError` on every process, so that all stop together."""
+    error = None
+    if config.process_index == 0:
+        try:
+            check()
+        except ValueError as err:
+            error = err
+    if config.world_size > 1:
+        verdict = [None if error is None else str(error)]
+        broadcast_object_list(verdict)
+        if verdict[0] is not None and error is None:
+            error = ValueError(verdict[0])
+    if error is not None:
+        raise error
+
+
+def check_space(model, config: PBUConfig) -> None:
+    """Refuse a run whose files do not fit in the output folder's free space (`hf_pbu.io.space.check_free_space`),
+    before any work: called once the model is loaded, since the estimate is the model's size."""
+    _agree(config, lambda: check_free_space(model, config))
+
+
+class _Untouched:
+    """What the output folder held before the run, to leave it so if the run writes nothing."""
+
+    OURS = (LOCK_FILE, OWNER_FILE, WORK_DIR)
+
+    def __init__(self, output_dir: str):
+        self.folder = os.path.abspath(output_dir)
+        self.existed = os.path.isdir(self.folder)
+        self.before = set(os.listdir(self.folder)) if self.existed else set()
+
+    def restore_if_nothing_written(self, lock: OutputFolderLock | None) -> None:
+        """If the run wrote nothing, remove the lock files it added (while still holding the lock) and the folder if
+        it created it; then release the lock."""
+        try:
+            now = set(os.listdir(self.folder)) if os.path.isdir(self.folder) else set()
+            added = now - self.before
+            work = os.path.join(self.folder, WORK_DIR)
+            if lock is None or not added <= set(self.OURS) or (WORK_DIR in added and os.listdir(work)):
+                return
+            for name in sorted(added - {WORK_DIR}):
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(self.folder, name))
+            with contextlib.suppress(OSError):
+                os.rmdir(work)
+        finally:
+            if lock is not None:
+                lock.release()
+        if not self.existed:
+            with contextlib.suppress(OSError):  # not empty: another run has started writing into it meanwhile
+                os.rmdir(self.folder)
+
+
 def _check_and_lock(config: PBUConfig, model_id: str | None) -> tuple[OutputFolderLock, str | None]:
     check_output_is_not_the_model(config.output_dir, model_id)
     check_not_finished(config.output_dir)
@@ -114,8 +173,9 @@ def preflight(config: PBUConfig, model_id: str | None = None) -> Iterator[str | 
     folder's lock until the block ends, and give every process the checkpoint to resume (`checkpoint_to_carry_on`),
     resolved once. `model_id`: the model the run loads, whose folder must not be the output folder. Raises
     `ValueError` or `OutputFolderInUseError`."""
-    lock, error, checkpoint = None, None, None
+    lock, error, checkpoint, untouched = None, None, None, None
     if config.process_index == 0:
+        untouched = _Untouched(config.output_dir) if not os.path.isfile(config.output_dir) else None
         try:
             lock, checkpoint = _check_and_lock(config, model_id)
         except (ValueError, OutputFolderInUseError) as err:
@@ -127,9 +187,14 @@ def preflight(config: PBUConfig, model_id: str | None = None) -> Iterator[str | 
             error = ValueError(verdict[0])
         checkpoint = verdict[1]
     if error is not None:
+        if untouched is not None and not untouched.existed:
+            with contextlib.suppress(OSError):  # the folder check created it
+                os.rmdir(untouched.folder)
         raise error
     try:
         yield checkpoint
     finally:
-        if lock is not None:
+        if untouched is not None:
+            untouched.restore_if_nothing_written(lock)
+        elif lock is not None:
             lock.release()

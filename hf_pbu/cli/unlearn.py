@@ -11,9 +11,10 @@ Any `PBUConfig` flag (alpha, beta, gamma, learning_rate, ...) is accepted. Write
 format to --output_dir as soon as it is trained, then, once, its card and unlearning_results.json (A_Df, A_Dr,
 forget-train accuracy, MIA and the attacks, before and after), and uploads that folder with --push_to_hub. Bad
 values, an output folder that cannot be written or that another run holds, and missing `--push_to_hub`
-prerequisites are refused before anything is loaded. A run that cannot give an unlearned model, that did not forget
-(forget-train accuracy above --stop_forget_accuracy) or whose evidence step failed exits non-zero with the fix, is
-marked so in the results and the card, and is not pushed.
+prerequisites are refused before anything is loaded, and a run whose files do not fit in the output folder's free
+space once the model is loaded; a refused run leaves no output folder or lock file behind. A run that cannot give
+an unlearned model, that did not forget (forget-train accuracy above --stop_forget_accuracy) or whose evidence step
+failed exits non-zero with the fix, is marked so in the results and the card, and is not pushed.
 """
 
 import logging as pylogging
@@ -30,6 +31,7 @@ from ..config import PBUConfig
 from ..data import load_unlearning_splits
 from ..evidence.suite import below_level
 from ..failures import UnlearningFailedError
+from ..io.atomic import CAUSES
 from ..io.model_card import CARD_FILE, card_dataset, card_datasets, load_base_card
 from ..io.output_lock import OutputFolderInUseError
 from ..io.publish import HubPushError, push_unlearned_model
@@ -38,7 +40,7 @@ from ..results import RESULTS_FILE
 from ..unlearning import unlearn
 from .arguments import DataArguments, ModelArguments
 from .config_file import parse_arguments_file
-from .preflight import preflight
+from .preflight import check_space, preflight
 
 logger = logging.get_logger(__name__)
 
@@ -69,6 +71,7 @@ def unlearn_and_save(model_args: ModelArguments, data_args: DataArguments, confi
     the outcome and, if the run did its job, upload the folder; resume `checkpoint` if given."""
     loaded = load_classifier(model_args.model_id, model_args.revision, model_args.cache_dir,
                              model_args.trust_remote_code)
+    check_space(loaded.model, config)  # before any work: the estimate needs the model's size
     base_card = load_base_card(loaded.source)
     if data_args.dataset_name is None and data_args.dataset_dir is None and data_args.forget_dir is None:
         named = card_datasets(base_card)
@@ -91,7 +94,7 @@ def unlearn_and_save(model_args: ModelArguments, data_args: DataArguments, confi
         processing_class=loaded.image_processor,
     )
     trainer.accelerator.end_training()  # the last collective is behind: the process group ends before the processes
-    failures = run_failures(trainer, results)
+    failures = run_failures(trainer, results, config)
     classes = ", ".join(data.names[c] for c in data.forget_classes)
     if trainer.is_world_process_zero():
         outcome = "Forgot" if results.forgotten else "Did NOT forget"
@@ -122,14 +125,22 @@ class RunFailedError(UnlearningFailedError):
     """The run did not do its job (or an optional step after it failed); the saved folder says so."""
 
 
-def run_failures(trainer, results) -> list[str]:
-    """What went wrong, each with the fix: a run that did not forget, an evidence step that failed."""
+def run_failures(trainer, results, config: PBUConfig | None = None) -> list[str]:
+    """What went wrong, each with the fix: a run that did not forget, an evidence step that failed (a full disk:
+    the write's own message, which names the folder and what it keeps; `--evidence` named only when it was given)."""
     failures = []
     if not results.forgotten:
         failures.append(trainer.not_forgotten_message(results.after.forget_train_accuracy))
     if results.evidence_error:
-        failures.append(f"The evidence step failed after unlearning ({results.evidence_error}): report the error"
-                        + (", or rerun without --evidence." if trainer.args.evidence else "."))
+        failure = getattr(trainer, "evidence_failure", None)
+        if isinstance(failure, OSError) and failure.errno in CAUSES:
+            failures.append(f"The evidence step could not write its files: {failure}")
+        elif config is not None and config.evidence:
+            failures.append(f"The evidence step failed after unlearning ({results.evidence_error}): rerun without "
+                            "--evidence, or report the error.")
+        else:
+            failures.append(f"The evidence step failed after unlearning ({results.evidence_error}): report the error "
+                            "(the per-class view and the head attacks run on every run).")
     level = (results.evidence or {}).get("forgetting_level")
     if below_level(level, trainer.args.evidence_required_level):
         share = level["recovered"][level["strongest"]]

@@ -8,13 +8,16 @@ their recorded sizes (copied in part, or left by another tool), is reported as i
 A checkpoint holds the unlearned weights and the optimizer, not theta* nor the Fisher: those are rebuilt from the
 source model on resume. Resuming another run's checkpoint (another model, other forget classes, another objective,
 another learning rate) would silently mix two runs, the weights of one anchored to the other's theta* or trained at
-the other's settings.
+the other's settings. A run removes or replaces only its own checkpoints (complete, with its signature): one it did
+not write at a step it writes (copied in, another run's, incomplete) is renamed `checkpoint-N.kept-<time>`, and older
+ones are left where they are.
 """
 
 import json
 import os
 import re
 import shutil
+import time
 
 from torch import nn
 from torch.utils.data import Dataset
@@ -120,13 +123,7 @@ def check_resumable(checkpoint: str, signature: dict, output_dir: str) -> None:
         )
     with open(path) as f:
         saved = json.load(f)
-    # A JSON round trip, so that tuples and lists (and other JSON spellings) compare alike; settings one by one.
-    saved, current = _flat(saved), _flat(json.loads(json.dumps(signature)))
-    differences = [
-        f"{key}: {saved.get(key)!r} in the checkpoint, {current.get(key)!r} now"
-        for key in sorted(set(saved) | set(current))
-        if saved.get(key) != current.get(key)
-    ]
+    differences = _differences(saved, signature)
     if differences:
         raise ValueError(
             f"Cannot resume {checkpoint}: it was written by another unlearning run (another model, forget set or "
@@ -134,6 +131,38 @@ def check_resumable(checkpoint: str, signature: dict, output_dir: str) -> None:
             f"another --output_dir or delete the checkpoint-* folders in {output_dir}; to resume it, rerun with the "
             "checkpoint's settings."
         )
+
+
+def _differences(saved: dict, signature: dict) -> list[str]:
+    """How a checkpoint's saved signature differs from `signature`, setting by setting."""
+    # A JSON round trip, so that tuples and lists (and other JSON spellings) compare alike; settings one by one.
+    saved, current = _flat(saved), _flat(json.loads(json.dumps(signature)))
+    return [
+        f"{key}: {saved.get(key)!r} in the checkpoint, {current.get(key)!r} now"
+        for key in sorted(set(saved) | set(current))
+        if saved.get(key) != current.get(key)
+    ]
+
+
+def written_by(folder: str, signature: dict) -> bool:
+    """Whether `folder` is a complete checkpoint written by a run with this `signature` (this run, or the same
+    command before it was interrupted): the only checkpoints a run replaces or rotates out."""
+    if checkpoint_problem(folder) is not None:
+        return False
+    try:
+        with open(os.path.join(folder, SIGNATURE_FILE)) as f:
+            return not _differences(json.load(f), signature)
+    except (OSError, ValueError, TypeError, AttributeError):
+        return False
+
+
+def set_aside(folder: str, why: str) -> str:
+    """Rename `folder` out of the checkpoints' names (kept, never resumed or rotated), say so; its new path."""
+    aside = f"{folder}.kept-{time.strftime('%Y%m%dT%H%M%S')}"
+    os.rename(folder, aside)
+    logger.warning(f"Moved {folder} to {aside}: {why}. It is kept for you to inspect or remove; this run writes its "
+                   "own checkpoint of that step.")
+    return aside
 
 
 def _flat(signature: dict) -> dict:
@@ -172,26 +201,24 @@ def publish_checkpoint(staged: str, output_dir: str, signature: dict, save_total
     write_signature(staged, signature)
     fsync_tree(staged)
     final = os.path.join(output_dir, os.path.basename(staged))
-    if os.path.exists(final):  # an incomplete one (or an earlier run's) at the same step
-        logger.warning(f"Replacing {final} ({checkpoint_problem(final) or 'a checkpoint of the same step'}).")
+    if written_by(final, signature):  # the same run's, of the same step (it resumed an earlier checkpoint)
         shutil.rmtree(final)
+    elif os.path.lexists(final):  # not this run's: copied in, another run's or incomplete
+        problem = checkpoint_problem(final)
+        set_aside(final, f"it is not a checkpoint of this run ({problem or 'another run wrote it'})")
     os.rename(staged, final)
     fsync_folder(output_dir)
-    rotate_checkpoints(output_dir, save_total_limit)
+    rotate_checkpoints(output_dir, save_total_limit, signature)
     remove_work_dir_if_empty(output_dir)
     return final
 
 
-def rotate_checkpoints(output_dir: str, save_total_limit: int | None) -> None:
-    """Keep the newest `save_total_limit` complete checkpoints (all when it is None or 0) and remove the others,
-    with any incomplete checkpoint older than the newest complete one: only once a newer checkpoint is complete."""
-    found = checkpoints_by_step(output_dir)
-    complete = [path for _, path in found if checkpoint_problem(path) is None]
-    if not complete:
-        return
-    keep = set(complete[-save_total_limit:] if save_total_limit else complete)
-    newest = max(step for step, path in found if path in keep)
-    for step, path in found:
-        if path not in keep and (path in complete or step < newest):
-            logger.info(f"Deleting older checkpoint {path} (save_total_limit={save_total_limit}).")
-            shutil.rmtree(path, ignore_errors=True)
+def rotate_checkpoints(output_dir: str, save_total_limit: int | None, signature: dict | None = None) -> None:
+    """Keep the newest `save_total_limit` complete checkpoints of this run (`signature`; all when the limit is None
+    or 0) and remove its older ones, only once a newer one is complete. A checkpoint this run did not write (copied
+    in, another run's, incomplete) is never removed."""
+    ours = [path for _, path in checkpoints_by_step(output_dir)
+            if (written_by(path, signature) if signature is not None else checkpoint_problem(path) is None)]
+    for path in ours[:-save_total_limit] if save_total_limit else []:
+        logger.info(f"Deleting older checkpoint {path} (save_total_limit={save_total_limit}).")
+        shutil.rmtree(path, ignore_errors=True)

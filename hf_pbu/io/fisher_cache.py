@@ -1,14 +1,17 @@
 """The Fisher cache's files and the partial sums of an interrupted Fisher, checked before they are used.
 
-Each file is written atomically with, in its safetensors metadata, a sha256 of its tensors and the seconds its
-computation took. Read back, a file must parse, hold the expected tensors with their shapes, finite and
-non-negative values (squares and counts), and match its checksum; otherwise it is set aside (renamed
+Each file is written atomically with, in its safetensors metadata, a sha256 of its tensors, the seconds its
+computation took and what it was computed for (its key: the weights, the forget data and sample size, the estimator;
+`hf_pbu.objective.fisher.fisher_cache_key`). Read back, a file must parse, record the key it is read for (a valid
+file of another key, renamed or copied in, is not this Fisher), hold the expected tensors with their shapes, finite
+and non-negative values (squares and counts), and match its checksum; otherwise it is set aside (renamed
 `<name>.bad-<time>`, kept for inspection) with a warning that names it, and the Fisher is computed again: a
 truncated, random or corrupted file never reaches the penalty, and never ends a run with a traceback.
 """
 
 import contextlib
 import hashlib
+import json
 import math
 import os
 import time
@@ -18,11 +21,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers.utils import logging
 
-from .atomic import fsync_folder, is_write_failure, write_error
+from .atomic import fsync_folder, write_error, write_failure
 
 logger = logging.get_logger(__name__)
 
 FORMAT = "hf_pbu.fisher/1"
+KEY_FIELD = "computed_for"  # the metadata entry holding the key, as JSON
 
 
 def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
@@ -35,10 +39,14 @@ def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
     return hasher.hexdigest()
 
 
-def save_checked(path: str, tensors: dict[str, torch.Tensor], seconds: float) -> None:
-    """Write `tensors` to `path` atomically, with their checksum and the `seconds` they took to compute."""
+def save_checked(path: str, tensors: dict[str, torch.Tensor], seconds: float,
+                 key: dict[str, str] | None = None) -> None:
+    """Write `tensors` to `path` atomically, with their checksum, the `seconds` they took to compute and the `key`
+    they were computed for."""
     tensors = {name: value.detach().cpu().contiguous() for name, value in tensors.items()}
     metadata = {"format": FORMAT, "sha256": tensors_sha256(tensors), "seconds": repr(float(seconds))}
+    if key is not None:
+        metadata[KEY_FIELD] = json.dumps(key, sort_keys=True)
     temporary = f"{path}.{os.getpid()}.tmp"
     try:
         save_file(tensors, temporary, metadata=metadata)
@@ -47,17 +55,35 @@ def save_checked(path: str, tensors: dict[str, torch.Tensor], seconds: float) ->
         os.replace(temporary, path)
         fsync_folder(os.path.dirname(os.path.abspath(path)))
     except Exception as err:
+        code = write_failure(err, temporary)  # measured before the partial file goes
         with contextlib.suppress(OSError):
             os.remove(temporary)
-        if is_write_failure(err):
-            raise write_error(err, os.path.dirname(os.path.abspath(path)), os.path.basename(path)) from err
+        if code is not None:
+            raise write_error(err, os.path.dirname(os.path.abspath(path)), os.path.basename(path), code) from err
         raise
 
 
-def _problem(tensors: dict[str, torch.Tensor], metadata: dict[str, str], shapes: dict[str, tuple] | None) -> str | None:
+def key_problem(metadata: dict[str, str], key: dict[str, str]) -> str | None:
+    """Why a file whose `metadata` is this is not the one computed for `key`, or None."""
+    try:
+        recorded = json.loads(metadata[KEY_FIELD])
+        differ = sorted(name for name in set(key) | set(recorded) if str(recorded.get(name)) != str(key.get(name)))
+    except (KeyError, ValueError, TypeError, AttributeError):
+        return "it does not record what it was computed for (written by an earlier version or another tool)"
+    if differ:
+        differ = [name for name in differ if name != "key"] or differ  # the key is a hash of the others
+        return (f"it was computed for another {', '.join(differ)} than this run's, and stored under this run's "
+                "name (renamed or copied in)")
+    return None
+
+
+def _problem(tensors: dict[str, torch.Tensor], metadata: dict[str, str], shapes: dict[str, tuple] | None,
+             key: dict[str, str] | None = None) -> str | None:
     """What makes these tensors unusable, or None."""
     if metadata.get("format") != FORMAT or "sha256" not in metadata:
         return "it carries no hf_pbu checksum (written by another version or tool)"
+    if key is not None and (problem := key_problem(metadata, key)):
+        return problem
     if shapes is not None:
         missing, extra = sorted(set(shapes) - set(tensors)), sorted(set(tensors) - set(shapes))
         if missing or extra:
@@ -93,9 +119,11 @@ def set_aside(path: str, problem: str, what: str) -> None:
     logger.warning(f"Not using the {what} {path}: {problem}. Moved it to {aside}; computing the Fisher again.")
 
 
-def load_checked(path: str, shapes: dict[str, tuple] | None, what: str) -> tuple[dict[str, torch.Tensor], float] | None:
+def load_checked(path: str, shapes: dict[str, tuple] | None, what: str,
+                 key: dict[str, str] | None = None) -> tuple[dict[str, torch.Tensor], float] | None:
     """The tensors of `path` (on CPU) and the seconds they took to compute, when the file exists and is sound
-    (`shapes`: the names and shapes it must hold); None when it is missing or was set aside."""
+    (`shapes`: the names and shapes it must hold; `key`: what it must record it was computed for); None when it is
+    missing or was set aside."""
     if not os.path.exists(path):
         return None
     try:
@@ -105,7 +133,7 @@ def load_checked(path: str, shapes: dict[str, tuple] | None, what: str) -> tuple
     except Exception as err:  # truncated or not a safetensors file: safetensors raises its own error types
         problem = f"it cannot be read ({type(err).__name__}: {str(err)[:200]})"
     else:
-        problem = _problem(tensors, metadata, shapes)
+        problem = _problem(tensors, metadata, shapes, key)
     if problem is not None:
         set_aside(path, problem, what)
         return None
@@ -116,8 +144,9 @@ class PartialSums:
     """One rank's running Fisher sums, saved while they grow so that an interrupted Fisher resumes after the batches
     they hold; `seconds` adds the time spent before the interruption to this process's."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, key: dict[str, str] | None = None):
         self.path = path
+        self.key = key  # what the sums are computed for: recorded with them, required of the file resumed
         self.earlier_seconds = 0.0
         self.resumed = False
         self._start = time.perf_counter()
@@ -129,7 +158,7 @@ class PartialSums:
     def load_into(self, state: dict[str, torch.Tensor]) -> int:
         """Fill `state` from the saved sums, if sound; the number of batches they hold (0 to start afresh)."""
         shapes = {**{key: tuple(value.shape) for key, value in state.items()}, "batches": ()}
-        loaded = load_checked(self.path, shapes, "partial Fisher")
+        loaded = load_checked(self.path, shapes, "partial Fisher", self.key)
         if loaded is None:
             return 0
         saved, self.earlier_seconds = loaded
@@ -142,7 +171,7 @@ class PartialSums:
     def save(self, state: dict[str, torch.Tensor], batches: int) -> None:
         """Write the sums after `batches` batches; a failed write (a full disk) only costs the resume point."""
         try:
-            save_checked(self.path, {**state, "batches": torch.tensor(batches)}, self.seconds)
+            save_checked(self.path, {**state, "batches": torch.tensor(batches)}, self.seconds, self.key)
         except OSError as err:
             logger.warning(f"Could not save the Fisher's partial sums: {err}")
 

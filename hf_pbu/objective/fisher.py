@@ -451,16 +451,32 @@ def default_fisher_cache_dir() -> str:
     return str(cached_assets_path(library_name="hf_pbu", subfolder="fisher"))
 
 
+def fisher_cache_key(
+    model: nn.Module, dataset, estimator: str, mc_samples: int, seed: int, top_mass: float | None = None,
+) -> dict[str, str]:
+    """What a Fisher is computed for: the weights (sha256), the forget data (its fingerprint) and sample size, and
+    the estimator with its settings; `key`, a sha256 of them, names its cache file. Each cache file records it in its
+    metadata, and a file whose record differs (another key's file renamed or copied in) is set aside."""
+    settings = f"{estimator}:{mc_samples if estimator == 'mc' else 0}:{seed if estimator == 'mc' else 0}"
+    if top_mass is not None:
+        settings += f":top_mass={top_mass!r}"
+    weights, data = model_fingerprint(model), dataset_fingerprint(dataset)
+    key = hashlib.sha256(f"{weights}|{data}|{settings}".encode()).hexdigest()
+    return {"key": key, "model_weights_sha256": weights, "forget_data": data, "forget_samples": str(len(dataset)),
+            "estimator": settings}
+
+
+def fisher_cache_file(cache_dir: str, key: dict[str, str]) -> str:
+    """The cache file of the Fisher computed for `key` (`fisher_cache_key`)."""
+    return os.path.join(cache_dir, f"fisher-{key['key'][:32]}.safetensors")
+
+
 def fisher_cache_path(
     cache_dir: str, model: nn.Module, dataset, estimator: str, mc_samples: int, seed: int,
     top_mass: float | None = None,
 ) -> str:
     """Where the Fisher of this model (weights), forget data and estimator is cached."""
-    settings = f"{estimator}:{mc_samples if estimator == 'mc' else 0}:{seed if estimator == 'mc' else 0}"
-    if top_mass is not None:
-        settings += f":top_mass={top_mass!r}"
-    key = hashlib.sha256(f"{model_fingerprint(model)}|{dataset_fingerprint(dataset)}|{settings}".encode())
-    return os.path.join(cache_dir, f"fisher-{key.hexdigest()[:32]}.safetensors")
+    return fisher_cache_file(cache_dir, fisher_cache_key(model, dataset, estimator, mc_samples, seed, top_mass))
 
 
 def fisher_partial_path(cache_path: str, batch_size: int | None) -> str:
@@ -470,6 +486,14 @@ def fisher_partial_path(cache_path: str, batch_size: int | None) -> str:
     return cache_path.replace(
         ".safetensors", f".partial-b{batch_size}-{state.process_index}-of-{state.num_processes}.safetensors"
     )
+
+
+def fisher_partial_sums(cache_dir: str, key: dict[str, str], batch_size: int | None) -> PartialSums:
+    """This rank's running sums of the Fisher computed for `key`, kept beside its cache file and recording the key,
+    the batch size and the process count they were computed with."""
+    state = PartialState()
+    partial_key = {**key, "batch_size": str(batch_size), "process": f"{state.process_index}/{state.num_processes}"}
+    return PartialSums(fisher_partial_path(fisher_cache_file(cache_dir, key), batch_size), partial_key)
 
 
 def check_fisher_is_finite(fisher: dict[str, torch.Tensor]) -> None:
@@ -499,18 +523,18 @@ def load_or_compute_fisher(
     """The Fisher from `cache_dir` when this model and data were seen before, else computed (and cached), with a
     progress bar unless `show_progress` is False (`--disable_tqdm`).
 
-    A cache file is used only if it is sound (`hf_pbu.io.fisher_cache`: shapes, finite, non-negative, checksum); a bad
+    A cache file is used only if it is sound (`hf_pbu.io.fisher_cache`: computed for this key (`fisher_cache_key`),
+    shapes, finite, non-negative, checksum); a bad
     one is set aside with a warning and the Fisher computed again. While it is computed, each rank keeps its running
     sums in a partial file beside the cache entry (keyed by the batch size and the process count too), so that an
     interrupted run resumes where it stopped. Returns the Fisher, the seconds its computation took (for a cached
     one, as recorded when it was computed; for a resumed one, including the part before the interruption) and where
     it came from: "computed", "resumed" or "cached".
     """
-    path = None if cache_dir is None else fisher_cache_path(
-        cache_dir, model, dataset, estimator, mc_samples, seed, top_mass
-    )
+    key = None if cache_dir is None else fisher_cache_key(model, dataset, estimator, mc_samples, seed, top_mass)
+    path = None if key is None else fisher_cache_file(cache_dir, key)
     shapes = {name: tuple(p.shape) for name, p in model.named_parameters() if p.requires_grad}
-    cached = None if path is None else load_checked(path, shapes, "Fisher cache file")
+    cached = None if path is None else load_checked(path, shapes, "Fisher cache file", key)
     if cached is not None:
         logger.info(f"Loading the Fisher diagonal from the cache {path}")
         device = next(model.parameters()).device
@@ -520,7 +544,7 @@ def load_or_compute_fisher(
     partial = None
     if path is not None:
         os.makedirs(cache_dir, exist_ok=True)
-        partial = PartialSums(fisher_partial_path(path, getattr(dataloader, "batch_size", None)))
+        partial = fisher_partial_sums(cache_dir, key, getattr(dataloader, "batch_size", None))
     start = time.perf_counter()
     fisher = compute_fisher_diagonal(
         model, dataloader, estimator, mc_samples, seed, show_progress, top_mass=top_mass,
@@ -530,7 +554,7 @@ def load_or_compute_fisher(
     check_fisher_is_finite(fisher)
     if path is not None and is_main_process():
         try:
-            save_checked(path, fisher, seconds)
+            save_checked(path, fisher, seconds, key)
         except OSError as err:  # the Fisher is computed: a cache that cannot be written costs only the next run
             logger.warning(f"Could not cache the Fisher: {err}")
     if partial is not None:
