@@ -27,9 +27,9 @@ from ..io.checkpoints import checkpoint_to_resume, last_complete_checkpoint
 from ..io.model_card import hub_repo_id
 from ..io.output_lock import LOCK_FILE, OWNER_FILE, OutputFolderInUseError, OutputFolderLock
 from ..io.publish import TOKEN_FIX
+from ..io.space import check_free_space
 from ..models import parse_model_id
 from ..results import RESULTS_FILE
-from ..io.space import check_free_space
 
 logger = logging.get_logger(__name__)
 
