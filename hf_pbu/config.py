@@ -92,6 +92,12 @@ class PBUConfig(TrainingArguments):
         metadata={"help": "Learning rate of the refit forget rows (levels 'head' and 'features'): they travel until "
                   "the class ranks last, far further than the anchored weights."},
     )
+    forget_row_centring: bool = field(
+        default=False,
+        metadata={"help": "Keep each refit forget row's mean coordinate at the retained rows' (levels 'head' and "
+                  "'features'): the row cannot hide its class by a uniform shift, which an attacker undoes with no "
+                  "image, and must turn away from the class's features."},
+    )
     beta: float = field(
         default=100.0, metadata={"help": "Weight of the Fisher-weighted distance to the original parameters."}
     )

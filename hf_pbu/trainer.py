@@ -235,7 +235,8 @@ class PBUTrainer(Trainer):
                 raise ValueError(f"forget_level={self.args.forget_level!r} refits the forget classes' rows of the "
                                  "classifier head's last nn.Linear, and this model's head has none: use "
                                  "forget_level='output'.")
-            self.forget_rows = ForgetRows(linears["model"], self._forget_classes.tolist())
+            self.forget_rows = ForgetRows(linears["model"], self._forget_classes.tolist(),
+                                          centre=self.args.forget_row_centring)
             self._reference_linear = linears["reference"]
         if rows and not self._captures:
             self._captures = {"model": InputCapture(self.forget_rows.linear),

@@ -47,6 +47,28 @@ def test_rank_last_and_its_gradient_match_autograd_of_the_written_formula():
     assert linear.weight.grad is None  # the retained rows are read, never trained
 
 
+def test_centred_rank_last_and_its_gradient_match_the_written_formula():
+    """Centred, the term is the written one on rows w - mean(w) + m (m: the retained rows' mean coordinate), and its
+    gradient with respect to the trainable copy is the uncentred gradient with its mean coordinate removed."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(6, NUM_CLASSES).double()
+    rows = ForgetRows(linear, FORGET, centre=True)
+    rows.weight = rows.weight.double().detach().requires_grad_(True)
+    features = [torch.randn(4, 6, dtype=torch.double), torch.randn(3, 6, dtype=torch.double)]
+    value = rows.rank_last(features)
+    weight = linear.weight.detach().clone()
+    retained = [c for c in range(NUM_CLASSES) if c not in FORGET]
+    centred = (rows.weight - rows.weight.mean(1, keepdim=True) + weight[retained].mean()).detach().requires_grad_(True)
+    full = torch.cat([weight[:1], centred[:1], weight[2:3], centred[1:], weight[4:]])
+    expected = written_rank_last(full, linear.bias.detach(), features)
+    torch.testing.assert_close(value.double(), expected)
+    (got,) = torch.autograd.grad(value, rows.weight)
+    (uncentred,) = torch.autograd.grad(expected, centred)
+    torch.testing.assert_close(got.double(), uncentred - uncentred.mean(1, keepdim=True))
+    rows.write_()
+    torch.testing.assert_close(linear.weight[FORGET].mean(1), weight[retained].mean().expand(len(FORGET)))
+
+
 def test_rank_last_is_zero_with_no_gradient_once_the_classes_rank_last_whatever_their_bias():
     linear = torch.nn.Linear(2, NUM_CLASSES).double()
     with torch.no_grad():
@@ -117,6 +139,26 @@ def test_levels_refit_the_forget_rows_alone_until_the_classes_rank_last(tmp_path
     assert trainer.penalty.weights()["head.weight"][FORGET].abs().sum() == 0  # free of the anchor
     assert trainer.penalty.weights()["head.weight"][retained].min() > 0
     assert not head._forward_hooks and not trainer._reference.head._forward_hooks  # hooks removed after training
+
+
+def test_centred_rows_rank_last_by_turning_not_by_shifting(tmp_path):
+    """With `forget_row_centring`, each refit row keeps the retained rows' mean coordinate, so the image-free
+    re-centre attack changes nothing of it, and the classes still rank last on their images."""
+    from hf_pbu.evidence import image_free_attack
+    from hf_pbu.evidence.features import head_inputs
+
+    trainer, original, forget = run(tmp_path, "head", forget_row_centring=True)
+    head = trainer.model.head
+    retained = [c for c in range(NUM_CLASSES) if c not in FORGET]
+    torch.testing.assert_close(head.weight[FORGET].mean(1), head.weight[retained].mean().expand(len(FORGET)))
+    with torch.no_grad():
+        logits = trainer.model(forget.images)
+    assert (logits[:, FORGET].max(-1).values < logits[:, retained].min(-1).values).all()
+    inputs = head_inputs(trainer.model, forget)
+    attacked = image_free_attack(trainer.model, inputs, forget_classes=FORGET, how="recentre")
+    assert attacked["forget_test_accuracy"] == attacked["forget_test_accuracy_before"] == 0.0
+    plain, _, _ = run(tmp_path / "plain", "head")
+    assert not torch.allclose(plain.model.head.weight[FORGET].mean(1), head.weight[retained].mean().expand(len(FORGET)))
 
 
 def test_features_level_moves_the_features_more_than_head_level(tmp_path):

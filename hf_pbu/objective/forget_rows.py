@@ -29,8 +29,8 @@ from torch import nn
 class ForgetRows:
     """Trainable copies of the forget classes' weight rows of `linear`, the head's last `nn.Linear`."""
 
-    def __init__(self, linear: nn.Linear, forget_classes: Sequence[int]):
-        self.linear = linear
+    def __init__(self, linear: nn.Linear, forget_classes: Sequence[int], centre: bool = False):
+        self.linear, self.centre = linear, centre
         device = linear.weight.device
         self.classes = torch.as_tensor(sorted(set(int(c) for c in forget_classes)), dtype=torch.long, device=device)
         retained = torch.ones(linear.out_features, dtype=torch.bool, device=device)
@@ -40,11 +40,21 @@ class ForgetRows:
         self.retained = retained
         self.weight = linear.weight.detach()[self.classes].float().clone().requires_grad_(True)
 
+    def rows(self) -> torch.Tensor:
+        """The rows the head gets: the trainable copies or, with `centre`, each shifted so that its mean coordinate is
+        the retained rows' mean coordinate. Centred, a row cannot lower its class's logit on every input by a uniform
+        shift (which, on non-negative features, is the hinge's first way down, and which an attacker undoes without
+        any image by re-centring the row): it must turn away from the class's features."""
+        if not self.centre:
+            return self.weight
+        target = self.linear.weight.detach()[self.retained].to(self.weight.dtype).mean()
+        return self.weight - self.weight.mean(1, keepdim=True) + target
+
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """The head's logits on `features` with these rows, each forget class's bias set to the retained classes'
         mean (in the rows' dtype, fp32)."""
         dtype = self.weight.dtype
-        weight = self.linear.weight.detach().to(dtype).index_put((self.classes,), self.weight)
+        weight = self.linear.weight.detach().to(dtype).index_put((self.classes,), self.rows())
         logits = F.linear(features.to(dtype), weight)
         if self.linear.bias is not None:
             bias = self.linear.bias.detach().to(dtype)
@@ -68,7 +78,7 @@ class ForgetRows:
     @torch.no_grad()
     def write_(self) -> None:
         """Copy the rows into the head (in its dtype)."""
-        self.linear.weight[self.classes] = self.weight.to(self.linear.weight.dtype)
+        self.linear.weight[self.classes] = self.rows().to(self.linear.weight.dtype)
 
     @torch.no_grad()
     def read_(self) -> None:
