@@ -13,6 +13,14 @@ from baselines.finetune import FinetuneConfig
 from baselines.mask_logits import MaskLogitsConfig
 from baselines.retrain import RetrainConfig
 from baselines.scrub import SCRUBConfig
+from baselines.spotter import (
+    SpotterConfig,
+    dispersion,
+    logits_and_features,
+    masked_teacher_probs,
+    pgd_neighbours,
+    runner_up,
+)
 from baselines.ssd import SSDConfig, dampen
 from baselines.unsir import UNSIRConfig
 from classifier_training import ClassifierTrainer
@@ -22,8 +30,9 @@ from transformers import TrainingArguments
 
 from hf_pbu import PBUConfig
 from hf_pbu.data import split_by_classes, with_image_transform
+from hf_pbu.evidence.features import penultimate_features
 from hf_pbu.evidence.measurement import accuracy
-from hf_pbu.models import eval_transform
+from hf_pbu.models import classifier_logits, eval_transform
 
 FORGET_CLASS = 3
 
@@ -83,6 +92,7 @@ def method_configs(tmp_path, recipe: TrainingArguments) -> dict:
         "ssd": SSDConfig(),
         "scrub": SCRUBConfig(learning_rate=1e-2),
         "mask_logits": MaskLogitsConfig(),
+        "spotter": SpotterConfig(),
     }
 
 
@@ -137,3 +147,70 @@ def test_mask_logits_changes_only_the_forget_classes_bias(setup):
     assert masked.fc.bias[FORGET_CLASS] == MaskLogitsConfig().mask_value
     assert accuracy(masked.eval(), forget) == 0.0
     assert accuracy(masked, retain) >= accuracy(base, retain)  # the argmax only loses the forget class
+
+
+def test_spotter_forgets_from_the_forget_data_alone_and_keeps_the_retained_classes(setup):
+    """The published recipe (10 epochs of SGD at 1e-4) with retain_train=None: the forget class is gone, most of the
+    retained accuracy stays, and the retained data is never needed."""
+    base, forget, retain, _, _ = setup
+    guarded_forget = GuardedDataset(forget, "the forget data", True)
+
+    unlearned = METHODS["spotter"].unlearn(copy.deepcopy(base), guarded_forget, None, SpotterConfig()).eval()
+
+    assert METHODS["spotter"].data_needed == "forget only"
+    assert guarded_forget.reads > 0
+    assert accuracy(unlearned, forget) < 10, accuracy(unlearned, forget)
+    assert accuracy(unlearned, retain) > 75, accuracy(unlearned, retain)
+
+
+def test_spotter_dispersion_is_the_mean_cosine_similarity_of_same_class_pairs():
+    features = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 2.0], [0.0, 1.0, 1.0], [3.0, 4.0, 0.0]])
+    labels = torch.tensor([0, 0, 1, 0, 2])  # class 0: rows 0, 1, 3; class 1 and 2 have no pair
+    cosine = torch.nn.functional.cosine_similarity
+    pairs = [(i, j) for i in (0, 1, 3) for j in (0, 1, 3) if i != j]
+    expected = sum(cosine(features[i], features[j], dim=0) for i, j in pairs) / len(pairs)
+
+    assert torch.allclose(dispersion(features, labels), expected)
+    assert dispersion(features[[0, 2]], torch.tensor([0, 1])) == 0.0  # no same-class pair, no term
+    assert torch.allclose(dispersion(features[[0, 0]], torch.tensor([5, 5])), torch.tensor(1.0))
+
+
+def test_spotter_masked_teacher_drops_every_forget_class_and_renormalises():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    masked = masked_teacher_probs(logits, torch.tensor([0, 2]))
+    kept = torch.softmax(logits, -1)[:, [1, 3]]
+    assert torch.allclose(masked, torch.stack([torch.zeros(1), kept[:, 0], torch.zeros(1), kept[:, 1]], 1) / kept.sum())
+
+
+def test_spotter_disperses_the_features_the_head_reads(setup):
+    """The dispersion term's features, taken with gradients in the training forward pass, are the head's input."""
+    base, forget, _, _, _ = setup
+    images = torch.stack([forget[i]["pixel_values"] for i in range(4)])
+    logits, features = logits_and_features(base.eval(), images)
+    assert features.requires_grad
+    assert torch.allclose(features, penultimate_features(base, images), atol=1e-6)
+    assert torch.allclose(logits, classifier_logits(base, images), atol=1e-6)
+
+
+@pytest.mark.parametrize("toward", [True, False])
+def test_spotter_pgd_neighbour_stays_within_eps_and_moves_toward_the_runner_up(setup, toward):
+    """Targeted PGD raises the runner-up's log-probability within the eps ball; the reference code's sign
+    (`pgd_toward_runner_up=False`) lowers it."""
+    base, forget, _, _, _ = setup
+    batch = next(iter(torch.utils.data.DataLoader(forget, batch_size=len(forget))))
+    images, labels = batch["pixel_values"], batch["labels"]
+    config = SpotterConfig(pgd_toward_runner_up=toward)
+
+    neighbours = pgd_neighbours(base.eval(), images, labels, config, torch.Generator().manual_seed(0))
+
+    assert neighbours.shape == images.shape
+    assert (neighbours - images).abs().max() <= config.epsilon + 1e-6
+    with torch.no_grad():
+        clean = classifier_logits(base, images).log_softmax(-1)
+        moved = classifier_logits(base, neighbours).log_softmax(-1)
+    target = runner_up(clean, labels)[:, None]
+    gain = (moved.gather(1, target) - clean.gather(1, target)).squeeze(1)
+    if toward:
+        assert (gain > 0).float().mean() > 0.9, gain
+    else:
+        assert (gain < 0).float().mean() > 0.9, gain

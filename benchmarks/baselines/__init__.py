@@ -6,7 +6,7 @@ dataclass, `DATA_NEEDED` and the paper it follows.
 
 from hf_pbu.config import PBUConfig
 
-from . import bad_teaching, finetune, mask_logits, pbu, retrain, scrub, ssd, unsir
+from . import bad_teaching, finetune, mask_logits, pbu, retrain, scrub, spotter, ssd, unsir
 from .method import DataNeeded, UnlearningMethod
 
 METHODS: dict[str, UnlearningMethod] = {
@@ -23,6 +23,7 @@ METHODS: dict[str, UnlearningMethod] = {
         UnlearningMethod("scrub", scrub.unlearn, scrub.SCRUBConfig, scrub.DATA_NEEDED, scrub.REFERENCE),
         UnlearningMethod("mask_logits", mask_logits.unlearn, mask_logits.MaskLogitsConfig, mask_logits.DATA_NEEDED,
                          mask_logits.REFERENCE, deterministic=True),
+        UnlearningMethod("spotter", spotter.unlearn, spotter.SpotterConfig, spotter.DATA_NEEDED, spotter.REFERENCE),
     )
 }
 
