@@ -45,6 +45,8 @@ class FeatureArguments:
     seeds: list[int] = field(default_factory=lambda: [0])
     references: bool = field(default=False, metadata={"help": "Measure the original, mask_logits and the oracle."})
     oracles_only: bool = field(default=False, metadata={"help": "Only train (and cache) the oracles."})
+    baseline: str | None = field(default=None, metadata={"help": "Measure this forget-only baseline of "
+                                 "benchmarks/baselines (e.g. spotter, with its own defaults) instead of PBU."})
     results_dir: str = field(default="benchmarks/feature_forgetting")
     table: bool = field(default=False, metadata={"help": "Print the table of everything measured; run nothing."})
     plot: str | None = field(default=None, metadata={"help": "With --table: the attacks' plot."})
@@ -112,6 +114,22 @@ def run(args: FeatureArguments, config: PBUConfig, path: str) -> None:
                           **measured(model, splits, classes, 0, args.eval_batch_size)}
                 save_record(path, record)
                 print(f"{name} {cell}: {json.dumps(record['attacks'])}", flush=True)
+            continue
+        if args.baseline is not None:
+            method = METHODS[args.baseline]
+            if method.needs_retain:
+                raise ValueError(f"{args.baseline} needs retained data: this benchmark compares forget-only methods.")
+            for seed in args.seeds:
+                if any((r["model"], r["cell"], r["seed"]) == (args.baseline, cell, seed) for r in done):
+                    continue
+                start = time.perf_counter()
+                method_config = method.config_class(seed=seed)
+                model = method.unlearn(copy.deepcopy(base), splits["forget_train"], None, method_config)
+                record = {"model": args.baseline, "cell": cell, "seed": seed, "seconds": time.perf_counter() - start,
+                          **measured(model.eval(), splits, classes, seed, args.eval_batch_size)}
+                save_record(path, record)
+                print(f"{args.baseline} {cell} seed {seed}: A_Df {record['forget_test_accuracy']:.1f} "
+                      f"A_Dr {record['retain_test_accuracy']:.1f} {json.dumps(record['attacks'])}", flush=True)
             continue
         for seed in args.seeds:
             if any((r["model"], r.get("setting"), r["cell"], r["seed"]) == ("pbu", setting, cell, seed)

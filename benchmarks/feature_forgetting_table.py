@@ -12,6 +12,7 @@ from cells import setting_label
 
 from hf_pbu.evidence import ATTACKS, SUITE
 
+REFERENCES = ("oracle", "mask_logits", "original")  # measured once per cell, with no seed
 # Below this distance (points) between the original and the oracle, the share closed is not defined for a cell.
 MIN_DISTANCE = 5.0
 TOLERANCE = 10.0  # "within the oracle ± 10 points"
@@ -22,14 +23,17 @@ def attacks_measured(results: dict) -> list[str]:
     return [attack.name for attack in SUITE if all(attack.name in r["attacks"] for r in results["records"])]
 
 
-def _rows(results: dict) -> tuple[dict, dict, dict]:
-    """(references by (model, cell), PBU records by label and cell, the labels in order of first appearance)."""
+def _rows(results: dict) -> tuple[dict, dict]:
+    """(references by (model, cell): the original, the oracle and mask_logits; methods by label and cell: every PBU
+    setting and every other baseline, each record of its cells and seeds)."""
     references, methods = {}, defaultdict(lambda: defaultdict(list))
     for record in results["records"]:
         if record["model"] == "pbu":
-            methods[setting_label(record["setting"])][record["cell"]].append(record)
-        else:
+            methods["PBU " + setting_label(record["setting"])][record["cell"]].append(record)
+        elif record["model"] in REFERENCES:
             references[(record["model"], record["cell"])] = record
+        else:
+            methods[record["model"]][record["cell"]].append(record)
     return references, methods
 
 
@@ -58,12 +62,13 @@ def _summary(records_by_cell: dict, references: dict, attacks: list[str]) -> dic
         row[f"{name}_closed"] = 100 * np.mean(shares) if shares else float("nan")
         row[f"{name}_distance"] = np.mean([abs(v - r) for v, r in zip(values, oracle)])
         row[f"{name}_within"] = sum(abs(v - r) <= TOLERANCE for v, r in zip(values, oracle))
-    if all("steps" in records_by_cell[c][0] for c in cells):  # a PBU setting (references have no steps)
+    if all("seed" in records_by_cell[c][0] and records_by_cell[c][0]["model"] not in REFERENCES for c in cells):
         seconds = [mean("seconds", c) for c in cells]
         retrain = [references[("oracle", c)]["seconds"] for c in cells]
         row["seconds"] = np.mean(seconds)
         row["time_ratio"] = np.mean([s / r for s, r in zip(seconds, retrain)])
-        row["steps"] = np.mean([mean("steps", c) for c in cells])
+        if all("steps" in records_by_cell[c][0] for c in cells):  # a PBU setting
+            row["steps"] = np.mean([mean("steps", c) for c in cells])
     return row
 
 
@@ -71,7 +76,7 @@ def summaries(results: dict, attacks: list[str]) -> dict[str, dict]:
     """label -> summary row, for the references (as one-record methods) and every PBU setting."""
     references, methods = _rows(results)
     rows = {}
-    for name in ("oracle", "mask_logits", "original"):
+    for name in REFERENCES:
         by_cell = {c: [r] for (model, c), r in references.items() if model == name}
         summary = _summary(by_cell, references, attacks)
         if summary:
@@ -79,7 +84,7 @@ def summaries(results: dict, attacks: list[str]) -> dict[str, dict]:
     for label, by_cell in methods.items():
         summary = _summary(by_cell, references, attacks)
         if summary:
-            rows[f"PBU {label}"] = summary
+            rows[label] = summary
     return rows
 
 
@@ -100,7 +105,8 @@ def print_table(results: dict, plot_path: str | None, title: str) -> None:
             cells.append(f"{row[name]:.1f} ({'n/a' if np.isnan(closed) else f'{closed:.0f}'}, "
                          f"{row[f'{name}_distance']:.1f}, {row[f'{name}_within']}/{row['cells']})")
         if "seconds" in row:
-            cells += [f"{row['steps']:.0f}", f"{row['seconds']:.0f}", f"{row['time_ratio']:.2f}"]
+            steps = f"{row['steps']:.0f}" if "steps" in row else ""
+            cells += [steps, f"{row['seconds']:.0f}", f"{row['time_ratio']:.2f}"]
         else:
             cells += ["", "", ""]
         print("| " + " | ".join(cells) + " |")
