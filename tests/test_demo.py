@@ -61,3 +61,28 @@ def test_demo_forgets_digit_3_and_keeps_the_rest(tmp_path):
 
     reloaded = timm.create_model(f"local-dir:{out}", pretrained=True)
     assert reloaded.num_classes == 10
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("centring", ["false", "true"])
+def test_the_recentre_attack_reads_the_demos_head_level_and_centred_rows_close_it(tmp_path, centring):
+    """On the demo's model, whose features hold every digit: the `head` level with free forget rows hides digit 3
+    by a shift of its row, which the image-free re-centre attack undoes (the run then fails by its own attacks unless
+    that level is accepted); with `--forget_row_centring` the row cannot shift, and the attack finds nothing."""
+    data, base, out = tmp_path / "digits", tmp_path / "base", tmp_path / "unlearned"
+    prepare = run_script("benchmarks/prepare_demo.py", "--dataset_dir", str(data), "--model_dir", str(base))
+    assert prepare.returncode == 0, prepare.stderr[-3000:]
+    run = run_script("scripts/unlearn.py", "--model_id", str(base), "--dataset_name", str(data),
+                     "--forget_class", "digit_3", "--output_dir", str(out), "--disable_tqdm", "true",
+                     "--fisher_cache_dir", "none", "--forget_row_centring", centring,
+                     "--evidence_required_level", "output")
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads((out / "unlearning_results.json").read_text())
+    recentre = results["evidence"]["attacks"]["recentre_row"]
+    assert results["after"]["forget_test_accuracy"] <= 2.0 and recentre["before"]["forget_test_accuracy"] > 80.0
+    if centring == "false":
+        assert recentre["after"]["forget_test_accuracy"] >= 20.0, recentre
+        assert results["evidence"]["forgetting_level"]["level"] == "output"
+    else:
+        assert recentre["after"]["forget_test_accuracy"] <= 5.0, recentre
+        assert results["evidence"]["forgetting_level"]["level"] != "output"

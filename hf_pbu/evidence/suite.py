@@ -24,7 +24,8 @@ The cheap attacks (features computed once, no backbone training) run on every ru
 A run has no oracle, so its verdict (`forgetting_level`) is read off the attacks under which a model that never saw
 the class reads near 0 (`Attack.decides_level`): a class they bring back is unambiguously still there. The strong
 attacks (the probes, the strong relearns) teach a never-trained model the class from 10 images too (on the tests'
-digits CNN the oracle reads 83% under the strong head relearn, against the original's 95%): they are reported, and the
+digits CNN the oracle reads 83% under the strong head relearn, against the original's 95%; on the digits benchmark model it reads 97% under even the weak
+whole-model relearn): they are reported, and the
 benchmark reads them against the oracle's own figures (`benchmarks/feature_forgetting.py`), but they decide nothing
 alone.
 """
@@ -91,8 +92,11 @@ SUITE: tuple[Attack, ...] = (
     Attack("head_relearn_strong", f"Head-only relearn, strong: {STRONG_HEAD_STEPS} steps at lr "
            f"{STRONG_HEAD_LEARNING_RATE:g} on 10 images per class", "row", costly=False, decides_level=False,
            steps=STRONG_HEAD_STEPS, learning_rate=STRONG_HEAD_LEARNING_RATE),
+    # Calibrated on the oracle: on digits (demo recipe) a model retrained without the class reads 97% under it (the
+    # original 100%), so it cannot tell the two apart there and decides nothing (benchmarks/RESULTS.md).
     Attack("relearn", f"Whole-model relearn: {RELEARN_STEPS} steps at lr {RELEARN_LEARNING_RATE:g} on 10 images per "
-           "class", "row", costly=True, steps=RELEARN_STEPS, learning_rate=RELEARN_LEARNING_RATE),
+           "class", "row", costly=True, decides_level=False, steps=RELEARN_STEPS,
+           learning_rate=RELEARN_LEARNING_RATE),
     Attack("relearn_strong", f"Whole-model relearn, strong: {STRONG_RELEARN_STEPS} steps at lr "
            f"{STRONG_RELEARN_LEARNING_RATE:g} on 10 images per class", "row", costly=True,
            decides_level=False, steps=STRONG_RELEARN_STEPS, learning_rate=STRONG_RELEARN_LEARNING_RATE),
