@@ -22,12 +22,11 @@ The cheap attacks (features computed once, no backbone training) run on every ru
 100 images per class, the whole-model relearns) with `--evidence`.
 
 A run has no oracle, so its verdict (`forgetting_level`) is read off the attacks under which a model that never saw
-the class reads near 0 (`Attack.decides_level`): a class they bring back is unambiguously still there. The strong
-attacks (the probes, the strong relearns) teach a never-trained model the class from 10 images too (on the tests'
-digits CNN the oracle reads 83% under the strong head relearn, against the original's 95%; on the digits benchmark model it reads 97% under even the weak
-whole-model relearn): they are reported, and the
-benchmark reads them against the oracle's own figures (`benchmarks/feature_forgetting.py`), but they decide nothing
-alone.
+the class reads near 0 (`Attack.decides_level`): a class they bring back is unambiguously still there. The others
+(the probes, the strong relearns, and the weak whole-model relearn) teach a never-trained model the class from 10
+images too: on the tests' digits CNN the oracle reads 83% under the strong head relearn against the original's 95%,
+and on the digits benchmark model 97% under even the weak whole-model relearn. They are reported, and the benchmark
+reads them against the oracle's own figures (`benchmarks/feature_forgetting.py`), but they decide nothing alone.
 """
 
 import time
