@@ -366,7 +366,8 @@ def _attack(before: float, after: float) -> dict:
 
 
 @pytest.mark.parametrize(("recentre", "head_strong", "prototype", "level", "strongest"), [
-    (80.0, 1.0, 90.0, "output", "prototype"),  # a row attack brings it back; the prototype brings back more of it
+    (80.0, 1.0, 90.0, "output", "recentre_row"),  # a row attack brings it back (the prototype, more of it, but the
+    # level, and the attack named, are the row's)
     (45.0, 85.0, 20.0, "output", "recentre_row"),  # half of its figure on the original (90); the strong relearn
     # brings back more, but a model that never saw the class reads high under it too: it decides nothing
     (1.0, 2.0, 90.0, "head", "prototype"),  # no attack through the row does, but the features alone do

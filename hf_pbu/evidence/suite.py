@@ -194,7 +194,7 @@ def forgetting_level(attacks: dict[str, dict]) -> dict | None:
     "output" when an attack that reaches through the class's head row brings back at least `RECOVERED_SHARE` of what
     it brings back on the original; else "head" when an attack on the features alone does; else "features"; only
     the attacks that decide a level count (`Attack.decides_level`). Returns {"level", "text", "strongest" (the attack
-    that brings back the largest share, among those that bring the class back; None at "features"), "recovered":
+    that brings back the largest share, among those that set the level; None at "features"), "recovered":
     {attack: share, for every attack run}, "attacks_run": [names]}.
 
     A model retrained without the class is the real reference, and a run does not have it: its features may still set
@@ -205,8 +205,9 @@ def forgetting_level(attacks: dict[str, dict]) -> dict | None:
         return None
     back = {name: share for name, share in recovered.items()
             if share >= RECOVERED_SHARE and ATTACKS[name].decides_level}
-    if any(ATTACKS[name].reach == "row" for name in back):
-        level = "output"
+    through_row = {name: share for name, share in back.items() if ATTACKS[name].reach == "row"}
+    if through_row:
+        level, back = "output", through_row  # the strongest named is one that sets the level
     elif back:
         level = "head"
     else:
