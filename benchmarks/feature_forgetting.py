@@ -6,7 +6,8 @@ attacks (`hf_pbu.evidence`: fine-tune relearn k=10, head-only relearn k=10, prot
     python benchmarks/feature_forgetting.py --dataset fashion_mnist --base_label_smoothing 0 --forget_loss neg_ce
     python benchmarks/feature_forgetting.py --dataset fashion_mnist --base_label_smoothing 0 --table --plot P.png
 
-`--references` measures the original model, the mask-logits reference and the retrain oracle of every cell (the
+`--references` measures the original model, the zero-cost references (mask_logits; row_reset, the class's head row
+and bias replaced by the retained rows' mean) and the retrain oracle of every cell (the
 oracle is trained once and cached under outputs/oracles/, with the seconds its training took); any other run measures
 one PBU setting (every `PBUConfig` flag) on every cell and seed. Records go to
 `<results_dir>/feature_forgetting_<dataset>_<recipe>.json`; a rerun skips what is there. PBU's seconds include its
@@ -33,8 +34,9 @@ from transformers import HfArgumentParser
 from transformers.utils import logging
 
 from hf_pbu import PBUConfig, PBUTrainer
+from hf_pbu.evidence.attacks import reset_forget_head
 from hf_pbu.evidence.measurement import measure
-from hf_pbu.models import eval_transform
+from hf_pbu.models import eval_transform, head_linear
 
 
 @dataclass
@@ -106,8 +108,10 @@ def run(args: FeatureArguments, config: PBUConfig, path: str) -> None:
         if args.references:
             masked = METHODS["mask_logits"].unlearn(copy.deepcopy(base), splits["forget_train"], None,
                                                     METHODS["mask_logits"].config_class())
+            row_reset = copy.deepcopy(base)  # zero cost: the class's row and bias replaced by the retained mean
+            reset_forget_head(head_linear(row_reset), classes, "row")
             for name, model, seconds in (("original", base, 0.0), ("oracle", oracle, retrain_seconds),
-                                         ("mask_logits", masked, 0.0)):
+                                         ("mask_logits", masked, 0.0), ("row_reset", row_reset, 0.0)):
                 if any((r["model"], r["cell"]) == (name, cell) for r in done):
                     continue
                 record = {"model": name, "cell": cell, "seed": 0, "seconds": seconds,

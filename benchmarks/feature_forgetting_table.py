@@ -12,7 +12,7 @@ from cells import setting_label
 
 from hf_pbu.evidence import ATTACKS, SUITE
 
-REFERENCES = ("oracle", "mask_logits", "original")  # measured once per cell, with no seed
+REFERENCES = ("oracle", "mask_logits", "row_reset", "original")  # measured once per cell, with no seed
 # Below this distance (points) between the original and the oracle, the share closed is not defined for a cell.
 MIN_DISTANCE = 5.0
 TOLERANCE = 10.0  # "within the oracle ± 10 points"
