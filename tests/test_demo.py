@@ -50,7 +50,7 @@ def test_demo_forgets_digit_3_and_keeps_the_rest(tmp_path):
     assert prepare.returncode == 0, prepare.stderr[-3000:]
     run = run_script("scripts/unlearn.py", "--model_id", str(base), "--dataset_name", str(data),
                      "--forget_class", "digit_3", "--output_dir", str(out), "--disable_tqdm", "true",
-                     "--fisher_cache_dir", str(tmp_path / "fc"))
+                     "--fisher_cache_dir", str(tmp_path / "fc"), "--evidence_required_level", "output")
     assert run.returncode == 0, run.stderr[-3000:]
     results = json.loads((out / "unlearning_results.json").read_text())
     assert results["forget_classes"] == [3]

@@ -147,8 +147,9 @@ def run_failures(trainer, results, config: PBUConfig | None = None) -> list[str]
         failures.append(
             f"The run's own attacks find the class {level['text']} (strongest: {level['strongest']}, "
             f"{100 * share:.0f}% of what it gives back on the original), below --evidence_required_level "
-            f"{trainer.args.evidence_required_level}. Try --forget_level features, or accept this level with "
-            f"--evidence_required_level {level['level']}.")
+            f"{trainer.args.evidence_required_level}. Try --forget_row_centring true (the forget rows cannot hide the "
+            "class by a shift; check the retained classes' accuracy) or --forget_level features, or accept this "
+            f"level with --evidence_required_level {level['level']}.")
     return failures
 
 

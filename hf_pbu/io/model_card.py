@@ -239,6 +239,9 @@ def forget_loss_note(config: PBUConfig) -> str:
                      "classes vanishes once an image is forgotten.")
     if config.forget_level in FORGET_LEVEL_NOTES:
         notes.append(FORGET_LEVEL_NOTES[config.forget_level])
+        if config.forget_row_centring:
+            notes.append("Each refit row kept the retained rows' mean coordinate (`forget_row_centring`), so that it "
+                         "could not hide its class by a uniform shift.")
     return " ".join(notes)
 
 
@@ -256,6 +259,7 @@ def hyperparameters(config: PBUConfig, results: UnlearningResults) -> list[tuple
     level = [("Forget level (`forget_level`)", config.forget_level)]
     if config.refits_forget_rows:
         level.append(("Learning rate of the forget classes' head rows", f"{config.forget_row_learning_rate:g}"))
+        level.append(("Forget rows centred (`forget_row_centring`)", str(config.forget_row_centring)))
     return [
         *level,
         ("Forget term (`forget_loss`)", f"{config.forget_loss}: {config.build_forget_loss().summary}"),
