@@ -83,6 +83,24 @@ def assert_no_empty_or_temporary_files(output_dir) -> None:
         assert not name.endswith(".tmp") and not name.startswith(WORK_DIR), name
 
 
+@contextlib.contextmanager
+def disk_full_when_flushing(monkeypatch, name: str) -> Iterator[None]:
+    """The disk is full when the atomic write of the output file `name` is flushed (its temporary file is
+    `.<name>...`), as `ENOSPC` from `os.fsync`; every other write goes through."""
+    fsync = os.fsync
+
+    def full_for_that_file(fd):
+        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith(f".{name}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full_for_that_file)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(os, "fsync", fsync)
+
+
 def error_of(arguments: list[str]) -> str:
     with pytest.raises(SystemExit) as exit_info:
         _script().main(arguments)
@@ -298,16 +316,8 @@ def test_room_for_the_model_only_keeps_the_model_and_no_empty_results(
 ):
     """The disk fills after the model: ENOSPC when the results are flushed (where delayed allocation reports it)."""
     out = tmp_path / "out"
-    fsync = os.fsync
-
-    def full_when_results_are_flushed(fd):
-        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith(f".{RESULTS_FILE}"):
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", full_when_results_are_flushed)
-    message = error_of(argv(tiny_imagefolder, out))
-    monkeypatch.setattr(os, "fsync", fsync)
+    with disk_full_when_flushing(monkeypatch, RESULTS_FILE):
+        message = error_of(argv(tiny_imagefolder, out))
 
     assert message.startswith(f"error: Could not write {RESULTS_FILE} to {out} (the disk is full); everything it "
                               "holds is complete: checkpoint-4, config.json, model.safetensors")
@@ -324,16 +334,8 @@ def test_a_full_disk_at_the_chart_gives_the_full_disk_message_not_evidence(tiny_
     """The per-class chart (written by the evidence step, which runs without --evidence too) hits a full disk, the
     card still fits: the exit names the folder and the fix of a full disk, not "rerun without --evidence"."""
     out = tmp_path / "out"
-    fsync = os.fsync
-
-    def full_when_the_chart_is_flushed(fd):
-        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith(".per_class_accuracy.png"):
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", full_when_the_chart_is_flushed)
-    message = error_of(argv(tiny_imagefolder, out))
-    monkeypatch.setattr(os, "fsync", fsync)
+    with disk_full_when_flushing(monkeypatch, "per_class_accuracy.png"):
+        message = error_of(argv(tiny_imagefolder, out))
 
     assert message.startswith(f"error: The evidence step could not write its files: Could not write "
                               f"per_class_accuracy.png to {out} (the disk is full); everything it holds is complete: "
