@@ -5,6 +5,7 @@ method closes ((original - method) / (original - oracle), per cell, over the cel
 `MIN_DISTANCE` points below the original), and how many cells are within the oracle + 10 points.
 """
 
+import math
 from collections import defaultdict
 
 import numpy as np
@@ -124,8 +125,10 @@ def plot(rows: dict[str, dict], attacks: list[str], path: str, title: str) -> No
     import matplotlib.pyplot as plt
 
     labels = list(rows)
-    figure, axes = plt.subplots(1, len(attacks) + 1, figsize=(4 * len(attacks) + 4, 0.45 * len(labels) + 1.8),
-                                sharey=True)
+    columns = math.ceil((len(attacks) + 1) / 2)  # two rows of panels: the attacks, then the A_Dr gap
+    figure, grid = plt.subplots(2, columns, figsize=(3.6 * columns + 2.5, 2 * (0.3 * len(labels) + 1.4)),
+                                sharey=True, squeeze=False)
+    axes = list(grid.flat)
     y = np.arange(len(labels))
     for axis, name in zip(axes, attacks):
         axis.barh(y, [rows[label][name] for label in labels], color="#1f4e96")
@@ -133,14 +136,18 @@ def plot(rows: dict[str, dict], attacks: list[str], path: str, title: str) -> No
         for side in (-TOLERANCE, TOLERANCE):
             axis.axvline(rows["oracle"][name] + side, color="#2ca02c", linestyle=":",
                          label="oracle ± 10" if side > 0 else None)
-        axis.set_title(f"{name}:\nforget-test accuracy after (%)", fontsize=9)
+        axis.set_title(f"{name}: A_Df after (%)", fontsize=8)
         axis.set_xlim(0, 100)
-    axes[0].legend(fontsize=7, loc="lower right")
-    axes[-1].barh(y, [rows[label]["gap"] for label in labels], color="#d62728")
-    axes[-1].axvline(-1, color="grey", linestyle="--")
-    axes[-1].set_title("A_Dr − oracle A_Dr (points)", fontsize=9)
-    axes[0].set_yticks(y, labels, fontsize=7)
-    axes[0].invert_yaxis()
+    axes[0].legend(fontsize=6, loc="lower right")
+    gap = axes[len(attacks)]
+    gap.barh(y, [rows[label]["gap"] for label in labels], color="#d62728")
+    gap.axvline(-1, color="grey", linestyle="--")
+    gap.set_title("A_Dr − oracle A_Dr (points)", fontsize=8)
+    for axis in axes[len(attacks) + 1:]:
+        axis.set_visible(False)
+    for axis in grid[:, 0]:
+        axis.set_yticks(y, labels, fontsize=6)
+    grid[0, 0].invert_yaxis()
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
