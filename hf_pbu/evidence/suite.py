@@ -92,7 +92,8 @@ SUITE: tuple[Attack, ...] = (
            f"{STRONG_HEAD_LEARNING_RATE:g} on 10 images per class", "row", costly=False, decides_level=False,
            steps=STRONG_HEAD_STEPS, learning_rate=STRONG_HEAD_LEARNING_RATE),
     # Calibrated on the oracle: on digits (demo recipe) a model retrained without the class reads 92% under it (the
-    # original 99%; mean over every class), so it cannot tell the two apart there and decides nothing (benchmarks/RESULTS.md).
+    # original 99%; mean over every class), so it cannot tell the two apart there and decides nothing
+    # (benchmarks/RESULTS.md).
     Attack("relearn", f"Whole-model relearn: {RELEARN_STEPS} steps at lr {RELEARN_LEARNING_RATE:g} on 10 images per "
            "class", "row", costly=True, decides_level=False, steps=RELEARN_STEPS,
            learning_rate=RELEARN_LEARNING_RATE),
