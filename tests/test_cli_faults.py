@@ -190,14 +190,20 @@ def test_a_checkpoint_copied_in_is_refused_or_kept_never_deleted(tiny_imagefolde
     assert_same_outcome(out, reference_run(tiny_imagefolder, tmp_path_factory))
 
 
-def test_a_checkpoint_without_its_signature_is_refused(tiny_imagefolder, tmp_path):
-    out = tmp_path / "out"
-    try:  # one step, for its checkpoint: whether it already forgot (exit 0) or not (exit 1) does not matter here
+def interrupted_after_one_step(tiny_imagefolder, out) -> None:
+    """A run of one step that left its checkpoint-1 and no results, as a run killed before its end would: the
+    folder of an interrupted run, which may be resumed (a finished run's folder is not resumed at all)."""
+    try:  # whether one step already forgot (exit 0) or not (exit 1) does not matter here
         _script().main(argv(tiny_imagefolder, out, "--max_steps", "1"))
     except SystemExit as exit_info:
         assert "Not forgotten" in str(exit_info.code)
+    (out / RESULTS_FILE).unlink()
+
+
+def test_a_checkpoint_without_its_signature_is_refused(tiny_imagefolder, tmp_path):
+    out = tmp_path / "out"
+    interrupted_after_one_step(tiny_imagefolder, out)
     (out / "checkpoint-1" / SIGNATURE_FILE).unlink()
-    (out / RESULTS_FILE).unlink()  # interrupted before its results: a finished run's folder is not resumed at all
     message = error_of(argv(tiny_imagefolder, out, "--resume_from_checkpoint", str(out / "checkpoint-1")))
     assert f"Cannot resume {out / 'checkpoint-1'}: it has no {SIGNATURE_FILE}" in message
 

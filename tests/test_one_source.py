@@ -11,12 +11,11 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 import pytest
-from test_cli_faults import argv, error_of
-from test_unlearn_script import _script, offline  # noqa: F401  (fixture)
+from test_cli_faults import argv, error_of, interrupted_after_one_step
+from test_unlearn_script import offline  # noqa: F401  (fixture)
 
 from hf_pbu.cli.unlearn import parse
 from hf_pbu.config import RUN_ONLY_FIELDS, PBUConfig
-from hf_pbu.results import RESULTS_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("offline")  # the tiny Hub model from an HF cache, HF_HUB_OFFLINE=1
@@ -55,11 +54,7 @@ def test_a_new_field_is_a_setting_unless_named_run_only(tmp_path):
 
 def test_a_resume_under_another_fisher_sample_size_is_refused(tiny_imagefolder, tmp_path):
     out = tmp_path / "out"
-    try:  # one step, for its checkpoint: whether it already forgot (exit 0) or not (exit 1) does not matter here
-        _script().main(argv(tiny_imagefolder, out, "--max_steps", "1"))
-    except SystemExit as exit_info:
-        assert "Not forgotten" in str(exit_info.code)
-    (out / RESULTS_FILE).unlink()  # interrupted before its results: a finished run's folder is not resumed at all
+    interrupted_after_one_step(tiny_imagefolder, out)
     message = error_of(argv(tiny_imagefolder, out, "--max_steps", "1", "--fisher_max_samples", "5",
                             "--resume_from_checkpoint", str(out / "checkpoint-1")))
     assert f"Cannot resume {out / 'checkpoint-1'}" in message
